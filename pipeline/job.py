@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from pipeline.errors import JobError
 from pipeline.fields import TXT2IMG_FIELDS
 from pipeline.jobspec import JobSpec
+from pipeline.naming import Namer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ def parse_job(raw: bytes, *, path: str = "<job>", base_dir: str = ".",
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc, node, path) from None
+    try:
+        Namer(spec.naming)
+    except JobError as exc:
+        raise JobError(exc.detail, path=path, where=f"line {line_of(node, ('naming',))}, naming",
+                       hint=exc.hint) from None
     return spec.model_copy(update={
         "source_path": path,
         "base_dir": base_dir,

@@ -114,7 +114,7 @@ class BackendSpec(_Strict):
 class RetrySpec(_Strict):
     """How hard to try. Attempts and time both bound a variant; health decides a backend's bench."""
 
-    max_attempts: int = Field(5, ge=1, le=100)
+    max_attempts: int = Field(8, ge=1, le=100)
     max_time_s: float = Field(3600.0, gt=0)
     backoff_initial_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)

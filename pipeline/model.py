@@ -78,6 +78,7 @@ class Generated:
     model: str | None
     attempts: int
     elapsed_s: float
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

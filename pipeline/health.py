@@ -1,0 +1,156 @@
+"""Per-backend health and retry decisions: pure state machines, no I/O, no event loop.
+
+A backend is ``ok`` until ``bench_after_failures`` consecutive backend-level failures; then it is
+``benched`` for a cool-down that doubles each time (up to ``cooldown_max_s``), after which one
+worker probes it with a cheap GET before it takes work again. Failures that belong to the
+variant rather than the backend (out of memory, NaNs, a 4xx) do not count against its health.
+
+Retry decisions use tenacity's strategies (stop after attempts *or* time, exponential backoff with
+jitter, retry only on retryable ``BackendError``) evaluated per variant, so a retried variant goes
+back to the shared pool and any healthy backend may take it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import tenacity
+from tenacity import RetryCallState
+
+from pipeline.errors import BackendError, HTTPStatusError, SubstitutionError
+from pipeline.jobspec import RetrySpec
+
+State = Literal["ok", "benched", "probing"]
+
+_VARIANT_FAULTS = ("OutOfMemoryError", "out of memory", "NansException", "NaN")
+
+
+def is_variant_fault(exc: BaseException) -> bool:
+    """A failure caused by what the variant asks (too large, NaNs, bad field), not the backend."""
+    if isinstance(exc, SubstitutionError):
+        return True
+    if isinstance(exc, HTTPStatusError):
+        if 400 <= (exc.status or 0) < 500 and exc.status not in (408, 429):
+            return True
+        return any(marker in str(exc) for marker in _VARIANT_FAULTS)
+    return False
+
+
+@dataclass(slots=True)
+class BackendHealth:
+    """Mutable health of one backend, owned by the run; methods take ``now`` for testability."""
+
+    label: str
+    concurrency: int
+    bench_after_failures: int = 3
+    cooldown_s: float = 5.0
+    cooldown_max_s: float = 300.0
+    state: State = "ok"
+    consecutive_failures: int = 0
+    times_benched: int = 0
+    benched_until: float = 0.0
+    loaded_checkpoint: str | None = None
+    target_checkpoint: str | None = None
+    checkpoint_loads: int = 0
+    in_flight: int = 0
+    done: int = 0
+    images: int = 0
+    failures: int = 0
+    busy_s: float = 0.0
+    last_error: str = ""
+    first_done_at: float | None = None
+    last_done_at: float | None = None
+
+    def on_success(self, now: float, images: int, elapsed_s: float) -> None:
+        self.state = "ok"
+        self.consecutive_failures = 0
+        self.times_benched = 0
+        self.done += 1
+        self.images += images
+        self.busy_s += elapsed_s
+        if self.first_done_at is None:
+            self.first_done_at = now - elapsed_s
+        self.last_done_at = now
+
+    def on_failure(self, now: float, exc: BaseException) -> bool:
+        """Record a failure; True when it benched the backend just now."""
+        self.failures += 1
+        self.last_error = str(exc)
+        if is_variant_fault(exc):
+            return False
+        self.consecutive_failures += 1
+        if self.state == "ok" and self.consecutive_failures >= self.bench_after_failures:
+            self.bench(now)
+            return True
+        return False
+
+    def bench(self, now: float) -> None:
+        self.state = "benched"
+        cooldown = min(self.cooldown_s * (2 ** self.times_benched), self.cooldown_max_s)
+        self.times_benched += 1
+        self.benched_until = now + cooldown
+
+    def on_probe(self, now: float, ok: bool) -> None:
+        if ok:
+            self.state = "ok"
+            self.consecutive_failures = 0
+        else:
+            self.bench(now)
+
+    def images_per_s(self) -> float:
+        if self.first_done_at is None or self.last_done_at is None:
+            return 0.0
+        span = self.last_done_at - self.first_done_at
+        return self.images / span if span > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Attempts:
+    """A variant's history in this run."""
+
+    count: int = 0
+    first_at: float = 0.0
+    failed_on: set[str] = field(default_factory=set)
+    excluded: set[str] = field(default_factory=set)
+    last_error: BackendError | None = None
+
+
+class RetryPolicy:
+    """Decides, with tenacity's strategies, whether and when a variant is tried again."""
+
+    def __init__(self, spec: RetrySpec, *, zero_waits: bool = False) -> None:
+        self.spec = spec
+        wait: tenacity.wait.wait_base = tenacity.wait_exponential_jitter(
+            initial=spec.backoff_initial_s, max=spec.backoff_max_s,
+            jitter=spec.backoff_initial_s)
+        if zero_waits or spec.backoff_max_s == 0:
+            wait = tenacity.wait_none()
+        self._retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(spec.max_attempts)
+            | tenacity.stop_after_delay(spec.max_time_s),
+            wait=wait,
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, BackendError) and e.retryable),
+            reraise=True,
+        )
+
+    def next_delay_s(self, attempts: Attempts, exc: BackendError, now: float | None = None
+                     ) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up on the variant."""
+        if len(attempts.failed_on) >= self.spec.max_backends_per_variant:
+            return None
+        state = RetryCallState(retry_object=self._retrying, fn=None, args=(), kwargs={})
+        state.start_time = attempts.first_at
+        state.attempt_number = attempts.count
+        state.set_exception((type(exc), exc, exc.__traceback__))
+        if now is not None:
+            state.outcome_timestamp = now
+        if not self._retrying.retry(state) or self._retrying.stop(state):
+            return None
+        return float(self._retrying.wait(state))
+
+
+def monotonic() -> float:
+    return time.monotonic()

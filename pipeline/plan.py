@@ -1,0 +1,114 @@
+"""``sdbatch plan``: what a job will generate and what it will cost, without generating anything.
+
+Counting never expands the job (``expand.count`` multiplies axis sizes), so a million-variant job
+plans in well under a second; only ``--shard`` with a small job counts its share exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline import expand
+from pipeline.jobspec import BackendSpec, JobSpec
+from pipeline.report import format_duration
+from pipeline.store import MANIFEST, read_records
+
+DEFAULT_PER_IMAGE_S = 2.0
+EXACT_SHARD_LIMIT = 200_000
+
+
+def measured_per_image_s(out_dir: Path) -> float | None:
+    """Median seconds per image of the last few thousand records in an output directory."""
+    samples: list[float] = []
+    for record in itertools.islice(read_records(out_dir / MANIFEST), 5000):
+        if record.get("kind") == "generation" and record.get("image_index") == 0:
+            elapsed, n = record.get("elapsed_s"), record.get("images_expected") or 1
+            if isinstance(elapsed, (int, float)) and elapsed > 0:
+                samples.append(elapsed / n)
+    return statistics.median(samples) if samples else None
+
+
+def summarize(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int, int] | None,
+              out_dir: Path | None, show: int, per_image_s: float | None) -> dict[str, Any]:
+    plan = expand.build_plan(spec)
+    total = expand.count(plan)
+    exact = True
+    if shard is not None:
+        if total <= EXACT_SHARD_LIMIT:
+            total = sum(1 for _ in expand.variants(plan, shard=shard))
+        else:
+            total = (total + shard[1] - shard[0]) // shard[1]
+            exact = False
+    first = list(itertools.islice(expand.variants(plan, shard=shard), max(show, 1)))
+    varying_images = any(k in ("batch_size", "n_iter") for a in plan.axes for k in
+                         (a.name.split("+") if a.kind == "zip" else [a.name])) or any(
+        "batch_size" in t.overrides or "n_iter" in t.overrides for t in plan.templates)
+    if varying_images and total <= EXACT_SHARD_LIMIT * 10:
+        images = sum(v.images_expected for v in expand.variants(plan, shard=shard))
+    else:
+        images = total * (first[0].images_expected if first else 1)
+    checkpoints = [c for c in expand.checkpoints(plan)]
+    source = "given"
+    if per_image_s is None and out_dir is not None and (out_dir / MANIFEST).exists():
+        per_image_s = measured_per_image_s(out_dir)
+        source = "measured in " + str(out_dir)
+    if per_image_s is None:
+        per_image_s = DEFAULT_PER_IMAGE_S
+        source = "default"
+    n_backends = max(1, len(backends))
+    axes = {"prompts": expand.prompt_count(plan)}
+    axes.update({a.name: len(a) for a in plan.axes})
+    axes["seeds"] = expand.seed_count(plan)
+    loads_max = len([c for c in checkpoints if c is not None]) + n_backends
+    return {
+        "variants": total,
+        "images": images,
+        "exact": exact,
+        "axes": axes,
+        "checkpoints": checkpoints,
+        "checkpoint_loads_at_most": loads_max if any(checkpoints) else 0,
+        "backends": [b.label for b in backends] or ["built-in simulator"],
+        "per_image_s": per_image_s,
+        "per_image_source": source,
+        # The WebUI runs one generation at a time, so throughput scales with backends only.
+        "estimated_s": images * per_image_s / n_backends,
+        "first": [{"id": v.id, "endpoint": v.endpoint, "payload": v.payload} for v in first[:show]],
+        "shard": list(shard) if shard else None,
+    }
+
+
+def plan_report(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int, int] | None,
+                out_dir: Path | None, as_json: bool, show: int, per_image_s: float | None,
+                stream: Any = None) -> int:
+    stream = stream or sys.stdout
+    info = summarize(spec, backends, shard=shard, out_dir=out_dir, show=show,
+                     per_image_s=per_image_s)
+    if as_json:
+        stream.write(orjson.dumps(info, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        return 0
+    approx = "" if info["exact"] else "~"
+    print(f"{approx}{info['variants']} variants", file=stream)
+    print(f"{approx}{info['images']} images", file=stream)
+    print("axes: " + " x ".join(f"{name} {size}" for name, size in info["axes"].items()),
+          file=stream)
+    if any(info["checkpoints"]):
+        names = ", ".join(str(c) if c else "(backend's current)" for c in info["checkpoints"])
+        print(f"checkpoints: {names}; at most {info['checkpoint_loads_at_most']} loads with "
+              "checkpoint affinity", file=stream)
+    print(f"backends: {', '.join(info['backends'])}", file=stream)
+    print(f"estimate: {format_duration(info['estimated_s'])} at {info['per_image_s']:.2f} s per "
+          f"image per backend ({info['per_image_source']}; set --per-image-s), plus checkpoint "
+          "loads", file=stream)
+    if shard:
+        print(f"shard {shard[0]}/{shard[1]}", file=stream)
+    for n, v in enumerate(info["first"], 1):
+        print(f"--- variant {n} ({v['id']}): POST /sdapi/v1/{v['endpoint']}", file=stream)
+        print(orjson.dumps(v["payload"], option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                           ).decode(), file=stream)
+    return 0
