@@ -221,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_dir: Path,
                      args: argparse.Namespace) -> int:
     from pipeline.jobspec import BackendSpec
-    from pipeline.preflight import prepare_run
+    from pipeline.preflight import payload_extras, prepare_run
     from pipeline.report import Reporter
     from pipeline.runner import Run, RunOptions
 
@@ -239,10 +239,11 @@ async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_
                              grace_s=args.grace_s, fsync=not args.no_fsync,
                              interrupt_backends=args.interrupt_backends,
                              simulated=sim is not None)
-        can_serve = await prepare_run(spec, plan, options)
+        can_serve, verdict = await prepare_run(spec, plan, options)
         reporter_box: list[Reporter] = []
         run = Run(spec, options, plan=plan, can_serve=can_serve,
-                  listeners=(lambda e: reporter_box[0](e),))
+                  listeners=(lambda e: reporter_box[0](e),),
+                  payload_extras={i.label: payload_extras(i) for i in verdict.infos})
         reporter = Reporter(run, quiet=args.quiet, interval_s=args.progress_interval_s)
         reporter_box.append(reporter)
         loop = asyncio.get_running_loop()

@@ -80,7 +80,8 @@ class Run:
 
     def __init__(self, spec: JobSpec, options: RunOptions, *,
                  listeners: tuple[Listener, ...] = (), can_serve: CanServe | None = None,
-                 plan: expand.Plan | None = None) -> None:
+                 plan: expand.Plan | None = None,
+                 payload_extras: dict[str, dict[str, Any]] | None = None) -> None:
         if not options.backends:
             raise SdbatchError("no backends to run on")
         self.spec = spec
@@ -96,6 +97,7 @@ class Run:
         self.summary = RunSummary()
         self._listeners = listeners
         self._can_serve = can_serve
+        self._payload_extras = payload_extras or {}
         self._queue: asyncio.Queue[Any] = asyncio.Queue(WRITE_QUEUE_SIZE)
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -137,6 +139,8 @@ class Run:
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
                 self.clients = {b.label: BackendClient(session, b) for b in self.options.backends}
+                for label, extras in self._payload_extras.items():
+                    self.clients[label].payload_extras = extras
                 await self.store.open()
                 try:
                     await self._probe_all()
