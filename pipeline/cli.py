@@ -220,32 +220,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_dir: Path,
                      args: argparse.Namespace) -> int:
-    from pipeline.jobspec import BackendSpec
+    from pipeline.api import backends_or_sim
     from pipeline.preflight import payload_extras, prepare_run
     from pipeline.report import Reporter
     from pipeline.runner import Run, RunOptions
 
-    sim = None
-    if not backends:
-        from pipeline.sim import SimConfig, start_sim
-
-        sim = await start_sim(SimConfig(latency_s=args.sim_latency_s))
-        backends = [BackendSpec(url=sim.url, name="simulated", concurrency=1)]
-        if not args.quiet:
+    async with backends_or_sim(backends, sim_latency_s=args.sim_latency_s) as (backends, sim_url):
+        if sim_url and not args.quiet:
             print(f"sdbatch: no backend configured; started the built-in simulated WebUI "
-                  f"backend at {sim.url}", file=sys.stderr)
-    try:
+                  f"backend at {sim_url}", file=sys.stderr)
         options = RunOptions(out_dir=out_dir, backends=tuple(backends), shard=shard,
                              grace_s=args.grace_s, fsync=not args.no_fsync,
                              interrupt_backends=args.interrupt_backends,
-                             simulated=sim is not None)
+                             simulated=sim_url is not None)
         can_serve, verdict = await prepare_run(spec, plan, options)
-        reporter_box: list[Reporter] = []
         run = Run(spec, options, plan=plan, can_serve=can_serve,
-                  listeners=(lambda e: reporter_box[0](e),),
                   payload_extras={i.label: payload_extras(i) for i in verdict.infos})
         reporter = Reporter(run, quiet=args.quiet, interval_s=args.progress_interval_s)
-        reporter_box.append(reporter)
+        run.add_listener(reporter)
         loop = asyncio.get_running_loop()
         presses = 0
 
@@ -266,9 +258,6 @@ async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_
                 loop.remove_signal_handler(sig)
         reporter.summary(_resume_command(sys.argv[1:] if sys.argv[1:] else ["run", spec.source_path]))
         return summary.exit_code
-    finally:
-        if sim is not None:
-            await sim.close()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

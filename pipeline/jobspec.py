@@ -177,6 +177,13 @@ class RandomMode(_Strict):
     count: int = Field(ge=1, le=10_000_000)
 
 
+class ConvertSpec(_Strict):
+    """Re-encode images on write (the A1111 infotext is carried over); off by default."""
+
+    format: Literal["webp", "jpeg", "png"]
+    quality: int = Field(90, ge=1, le=100)
+
+
 class JobSpec(_Strict):
     """A validated job file."""
 
@@ -198,9 +205,11 @@ class JobSpec(_Strict):
     dynamic_prompts: Literal["disable", "refuse"] = "disable"
     retry: RetrySpec = Field(default_factory=RetrySpec)
     grid: dict[str, Any] | None = None
-    outputs: list[str] = Field(default_factory=list)
+    outputs: list[Literal["imagefolder", "captions", "csv"]] = Field(default_factory=list)
+    columns: list[str] | None = None
     naming: str | None = None
     caption: str | None = None
+    convert: ConvertSpec | None = None
 
     @field_validator("prompts", mode="before")
     @classmethod

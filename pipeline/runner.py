@@ -95,7 +95,7 @@ class Run:
             cooldown_s=spec.retry.cooldown_s, cooldown_max_s=spec.retry.cooldown_max_s)
             for b in options.backends}
         self.summary = RunSummary()
-        self._listeners = listeners
+        self._listeners = list(listeners)
         self._can_serve = can_serve
         self._payload_extras = payload_extras or {}
         self._queue: asyncio.Queue[Any] = asyncio.Queue(WRITE_QUEUE_SIZE)
@@ -114,6 +114,9 @@ class Run:
         if hard:
             self._hard_stop.set()
         self._stop.set()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
 
     def emit(self, event: Event) -> None:
         for listener in self._listeners:
