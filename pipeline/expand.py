@@ -183,13 +183,16 @@ def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None
     if checkpoint is not ...:
         axes = tuple(_pin_checkpoint(a, checkpoint) for a in axes)
     ordinal = 0
-    for template, text in _prompt_texts(plan):
+    for template, text, draw in _prompt_texts(plan):
         for combo in itertools.product(*(a.values for a in axes)):
             base, axis_values, prompt_text = _apply(plan.spec, template, text, axes, combo)
             for rep, seed in enumerate(_seeds_for(plan, base)):
                 payload = dict(base)
                 payload["seed"] = seed
-                ident = variant_id(plan.spec.endpoint, payload, rep if seed == -1 else None)
+                replicate = rep if seed == -1 else None
+                if draw is not None:  # random mode: equal draws are still separate variants
+                    replicate = [draw, replicate]
+                ident = variant_id(plan.spec.endpoint, payload, replicate)
                 ordinal += 1
                 if checkpoint is not ... and _checkpoint_of(payload) != checkpoint:
                     continue
@@ -210,7 +213,7 @@ def in_shard(ident: str, shard: tuple[int, int]) -> bool:
     return int(ident[:8], 16) % total == index - 1
 
 
-def variant_id(endpoint: str, payload: dict[str, Any], replicate: int | None) -> str:
+def variant_id(endpoint: str, payload: dict[str, Any], replicate: Any) -> str:
     blob = orjson.dumps({"e": endpoint, "p": payload, "r": replicate},
                         option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -228,7 +231,7 @@ def _checkpoint_of(payload: dict[str, Any]) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _prompt_texts(plan: Plan) -> Iterator[tuple[_Template, str]]:
+def _prompt_texts(plan: Plan) -> Iterator[tuple[_Template, str, int | None]]:
     if plan.spec.mode == "random":
         assert plan.spec.random is not None
         for i in range(plan.spec.random.count):
@@ -236,14 +239,14 @@ def _prompt_texts(plan: Plan) -> Iterator[tuple[_Template, str]]:
             template = plan.templates[rng.randrange(len(plan.templates))]
             text = template.text if template.node is None else templates.sample(
                 template.node, rng, plan.wildcards)
-            yield template, text
+            yield template, text, i
         return
     for template in plan.templates:
         if template.node is None:
-            yield template, template.text
+            yield template, template.text, None
         else:
             for text in templates.expand(template.node, plan.wildcards):
-                yield template, text
+                yield template, text, None
 
 
 def _apply(spec: JobSpec, template: _Template, text: str, axes: tuple[Axis, ...],
