@@ -1,0 +1,74 @@
+"""The parsed form of a prompt template: small frozen dataclasses, built by ``parser.parse``.
+
+    Node = Literal | Sequence | Alternatives | Wildcard
+
+Nodes are immutable and hashable, so parsed templates can be cached and shared freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """Text copied to the output as is (escapes already resolved)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sequence:
+    """Parts written one after the other; expands to the product of the parts' expansions."""
+
+    parts: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One choice inside ``{...}``. ``weight`` only matters when sampling randomly."""
+
+    node: Node
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Alternatives:
+    """``{a|b|c}``: pick ``k`` distinct options, for every ``k`` in ``k_min..k_max``.
+
+    Picked options keep their order in the list and are joined with ``joiner``. A plain
+    ``{a|b}`` is ``k_min == k_max == 1``.
+    """
+
+    options: tuple[Option, ...]
+    k_min: int = 1
+    k_max: int = 1
+    joiner: str = ", "
+
+
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """``__name__``: one option of a wildcard file; ``position`` is its 0-based offset."""
+
+    name: str
+    position: int = 0
+
+
+Node = Literal | Sequence | Alternatives | Wildcard
+
+EMPTY = Literal("")
+
+
+def wildcard_names(node: Node) -> set[str]:
+    """Names of the wildcards ``node`` uses directly (not those used inside wildcard files)."""
+    found: set[str] = set()
+    stack: list[Node] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, Wildcard):
+            found.add(current.name)
+        elif isinstance(current, Sequence):
+            stack.extend(current.parts)
+        elif isinstance(current, Alternatives):
+            stack.extend(o.node for o in current.options)
+    return found
