@@ -8,6 +8,7 @@ into the Authorization header only and never into a message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from dataclasses import dataclass
@@ -57,9 +58,10 @@ class BackendClient:
         self.label = spec.label
         self._session = session
         self._base = spec.url
-        auth = spec.auth.get_secret_value() if spec.auth else None
-        self._auth = aiohttp.BasicAuth(*auth.split(":", 1)) if auth else None
         self._headers = {k: v.get_secret_value() for k, v in spec.headers.items()}
+        if spec.auth:
+            token = base64.b64encode(spec.auth.get_secret_value().encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self._ssl: bool | None = None if spec.verify_tls else False
         self.payload_extras: dict[str, Any] = {}
 
@@ -126,7 +128,7 @@ class BackendClient:
             headers["Content-Type"] = "application/json"
         try:
             async with self._session.request(method, url, data=data, headers=headers,
-                                             auth=self._auth, timeout=timeout,
+                                             timeout=timeout,
                                              ssl=self._ssl) as resp:
                 length = resp.content_length
                 if length is not None and length > cap_bytes:

@@ -121,15 +121,22 @@ def _axes(spec: JobSpec, parsed: list[_Template]) -> tuple[Axis, ...]:
 
 def count(plan: Plan) -> int:
     """How many variants ``variants(plan)`` yields, without expanding anything."""
-    return prompt_count(plan) * combination_count(plan) * seed_count(plan)
+    combos = combination_count(plan)
+    if plan.spec.mode == "random" or not any("seed" in t.overrides for t in plan.templates):
+        return prompt_count(plan) * combos * seed_count(plan)
+    return sum(_texts(plan, t) * combos * (1 if "seed" in t.overrides else seed_count(plan))
+               for t in plan.templates)
+
+
+def _texts(plan: Plan, template: _Template) -> int:
+    return 1 if template.node is None else templates.count(template.node, plan.wildcards)
 
 
 def prompt_count(plan: Plan) -> int:
     if plan.spec.mode == "random":
         assert plan.spec.random is not None
         return plan.spec.random.count
-    return sum(1 if t.node is None else templates.count(t.node, plan.wildcards)
-               for t in plan.templates)
+    return sum(_texts(plan, t) for t in plan.templates)
 
 
 def combination_count(plan: Plan) -> int:
@@ -186,7 +193,9 @@ def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None
     for template, text, draw in _prompt_texts(plan):
         for combo in itertools.product(*(a.values for a in axes)):
             base, axis_values, prompt_text = _apply(plan.spec, template, text, axes, combo)
-            for rep, seed in enumerate(_seeds_for(plan, base)):
+            fixed = template.overrides.get("seed")
+            seeds = [int(fixed)] if fixed is not None else _seeds_for(plan, base)
+            for rep, seed in enumerate(seeds):
                 payload = dict(base)
                 payload["seed"] = seed
                 replicate = rep if seed == -1 else None

@@ -122,9 +122,9 @@ class RetryPolicy:
 
     def __init__(self, spec: RetrySpec, *, zero_waits: bool = False) -> None:
         self.spec = spec
-        wait: tenacity.wait.wait_base = tenacity.wait_exponential_jitter(
-            initial=spec.backoff_initial_s, max=spec.backoff_max_s,
-            jitter=spec.backoff_initial_s)
+        wait: tenacity.wait.wait_base = tenacity.wait_exponential(
+            multiplier=spec.backoff_initial_s, max=spec.backoff_max_s
+        ) + tenacity.wait_random(0, spec.backoff_initial_s)
         if zero_waits or spec.backoff_max_s == 0:
             wait = tenacity.wait_none()
         self._retrying = tenacity.AsyncRetrying(

@@ -246,7 +246,9 @@ _TYPE_HINTS = {
 
 
 def _validation_error(exc: ValidationError, node: yaml.Node, path: str) -> JobError:
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # For a union (e.g. a prompt as text or as an object) the deepest error is the telling one.
+    err = max(errors, key=lambda e: len(e["loc"]))
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     field = _loc_text(loc)
     line = line_of(node, loc)
@@ -261,11 +263,18 @@ def _validation_error(exc: ValidationError, node: yaml.Node, path: str) -> JobEr
     if err["type"] == "missing":
         msg = f"'{loc[-1]}' is required" if loc else msg
         hint = "add it; see jobs/example.yaml"
+    hint = _FIELD_HINTS.get(loc[0] if loc else "", hint) if err["type"] != "value_error" else hint
     where = f"line {line}, {field}" if line and field else (f"line {line}" if line else field)
     return JobError(msg, path=path, where=where or None, hint=hint)
 
 
-_UNION_TAGS = {"str", "PromptSpec", "list[int]", "int", "SeedCount", "float", "function-after"}
+_FIELD_HINTS = {
+    "seeds": "write a list of seeds like [1, 2, 3], a count N (the server picks), "
+             "or {count: N} (derived from 'seed')",
+}
+
+_UNION_TAGS = {"str", "PromptSpec", "list[int]", "int", "SeedCount", "float", "function-after",
+               "function-before"}
 
 
 def _loc_text(loc: tuple[Any, ...]) -> str:

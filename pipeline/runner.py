@@ -15,6 +15,7 @@ dispatcher with a tenacity-computed delay, so any healthy backend may take them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,9 +34,11 @@ from pipeline.events import (BackendChanged, Event, Listener, RunFinished, RunSt
                              Stopping, VariantFailed, VariantRetrying, VariantSkipped,
                              VariantWritten)
 from pipeline.health import BackendHealth, RetryPolicy
-from pipeline.jobspec import BackendSpec, JobSpec
+from pipeline.jobspec import BackendSpec, ConvertSpec, JobSpec
 from pipeline.model import Failed, Generated, Variant
 from pipeline.naming import Namer
+from pipeline.outputs import build_exporters
+from pipeline.outputs.convert import convert_for_write
 from pipeline.response import checkpoint_matches, title_parts
 from pipeline.store import JOB_COPY, RUN_FILE, OutputStore, now_iso
 
@@ -87,6 +90,8 @@ class Run:
         self.spec = spec
         self.options = options
         self.plan = plan or expand.build_plan(spec)
+        # Dataset formats (outputs:); a bad caption or column raises JobError here, before the run.
+        self.exporters = build_exporters(spec, options.out_dir, plan=self.plan)
         self.store = OutputStore(options.out_dir, fsync=options.fsync,
                                  namer=Namer(spec.naming))
         self.policy = RetryPolicy(spec.retry, zero_waits=options.zero_waits)
@@ -130,6 +135,8 @@ class Run:
     async def execute(self) -> RunSummary:
         started = time.monotonic()
         resume = await asyncio.to_thread(self.store.prepare)
+        for exporter in self.exporters:  # after the manifest repair, so they match it exactly
+            await asyncio.to_thread(exporter.rebuild)
         self.summary.total = expand.count(self.plan)
         if self.options.shard:
             index, n = self.options.shard
@@ -202,13 +209,18 @@ class Run:
             workers = tg.create_task(self._workers(), name="workers")
             supervisor = tg.create_task(self._supervise(workers), name="supervisor")
             try:
-                await asyncio.wait({workers}, return_when=asyncio.ALL_COMPLETED)
+                await asyncio.wait({workers})
             finally:
                 supervisor.cancel()
-                await self._queue.put(_STOP)
+                # Tell the writer to finish what is queued. If the run is failing the writer may
+                # be cancelled and never drain the queue, so never block on a full one.
+                while not writer.done():
+                    try:
+                        self._queue.put_nowait(_STOP)
+                        break
+                    except asyncio.QueueFull:
+                        await asyncio.sleep(0.01)
             await writer
-        if workers.cancelled() and not self._stop.is_set():
-            raise asyncio.CancelledError
 
     async def _workers(self) -> None:
         try:
@@ -349,7 +361,11 @@ class Run:
             if item is _STOP:
                 return
             if isinstance(item, Generated):
+                if self.spec.convert is not None:
+                    item = await asyncio.to_thread(_converted, item, self.spec.convert)
                 records = await self.store.write(item)
+                for exporter in self.exporters:
+                    await exporter.on_variant(records)
                 self.summary.done += 1
                 self.summary.images += sum(1 for r in records if r["kind"] == "generation")
                 self.emit(VariantWritten(item, tuple(records)))
@@ -414,6 +430,12 @@ class Run:
         self.store.write_json(RUN_FILE, run)
         if status == "running":
             self.store.write_json(JOB_COPY, public_job(self.spec))
+
+
+def _converted(result: Generated, spec: ConvertSpec) -> Generated:
+    """``result`` with every image re-encoded as ``spec`` asks (CPU work: run in a thread)."""
+    return dataclasses.replace(
+        result, images=tuple(convert_for_write(image, spec) for image in result.images))
 
 
 def public_job(spec: JobSpec) -> dict[str, Any]:

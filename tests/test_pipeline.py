@@ -219,9 +219,9 @@ seeds: [1]
     for path in out.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".jsonl"):
             assert "s3cret" not in path.read_text(), path
-    # and a wrong password is a clear failure, not a crash
-    assert main(["run", str(job), "--out", str(tmp_path / "o2"), "--quiet", "--no-fsync",
-                 "--backend", f"http://alice:wrong@{host}"]) == 1
-    failures = (tmp_path / "o2" / "failures.jsonl").read_text()
-    assert "401" in failures and "Incorrect username or password" in failures
-    assert "wrong" not in failures
+    # and a wrong password stops the run before anything is generated, without echoing it
+    assert main(["run", str(job), "--out", str(tmp_path / "o2"), "--no-fsync",
+                 "--backend", f"http://alice:wrong@{host}"]) == 2
+    err = capsys.readouterr().err
+    assert "rejected the credentials" in err and "Incorrect username or password" in err
+    assert "wrong" not in err.replace("Incorrect username", "")

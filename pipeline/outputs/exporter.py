@@ -1,0 +1,100 @@
+"""What every dataset exporter is, and how it writes files.
+
+An exporter keeps one dataset format in step with ``OUT/manifest.jsonl``:
+
+- ``rebuild()`` (sync, once at run start, after the store has repaired the manifest) regenerates
+  the format from the manifest, so after a crash or a resume it holds exactly the manifest's
+  generations: none twice, none missing, no torn last line;
+- ``on_variant(records)`` (the writer stage, right after a variant's manifest lines were
+  appended) adds that variant's generations.
+
+Whole files are replaced atomically (``.tmp-<name>`` beside the target, fsync, ``os.replace``);
+appends are plain appends, because a torn append is repaired by the next ``rebuild()``. Only
+``kind == "generation"`` records become dataset rows; extras (e.g. ControlNet maps) never do.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline.naming import inside
+from pipeline.store import MANIFEST, TMP_PREFIX, output_error, read_records
+
+Record = dict[str, Any]
+
+
+class Exporter(abc.ABC):
+    """One dataset format in an output directory."""
+
+    name: ClassVar[str]
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+
+    @abc.abstractmethod
+    async def on_variant(self, records: list[Record]) -> None:
+        """Add one written variant's records (generations and extras, as in the manifest)."""
+
+    @abc.abstractmethod
+    def rebuild(self) -> None:
+        """Regenerate this format's files from ``OUT/manifest.jsonl``."""
+
+
+def is_dataset_record(record: Record, out_dir: Path) -> bool:
+    """A generation whose file name is a relative path inside the output directory."""
+    file = record.get("file")
+    return (record.get("kind", "generation") == "generation" and isinstance(file, str)
+            and bool(file) and inside(str(out_dir), file))
+
+
+def dataset_records(out_dir: Path) -> Iterator[Record]:
+    """The manifest's generations in order, each ``(id, image_index)`` once (the first)."""
+    seen: set[tuple[Any, Any]] = set()
+    for record in read_records(out_dir / MANIFEST):
+        if not is_dataset_record(record, out_dir):
+            continue
+        key = (record.get("id"), record.get("image_index"))
+        if key in seen:
+            continue
+        seen.add(key)
+        yield record
+
+
+def replace_file(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` atomically: temp name beside it, fsync, rename."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise output_error(exc, path) from None
+
+
+def append_file(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created when missing)."""
+    try:
+        with path.open("ab") as handle:
+            handle.write(data)
+            handle.flush()
+    except OSError as exc:
+        raise output_error(exc, path) from None
+
+
+def needs_header(path: Path) -> bool:
+    """True when ``path`` is missing or empty (an append must start with a header)."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True

@@ -1,0 +1,20 @@
+"""The simulated WebUI backend: a real aiohttp server speaking the AUTOMATIC1111 API.
+
+It generates cheap, seed-dependent images (prompt and seed written on them) instead of running
+a model, and reproduces what a batch client meets on real servers: the one-at-a-time queue,
+seed resolution, silent substitutions (sampler, checkpoint, LoRA, Dynamic Prompts), grids and
+extra images, checkpoint switching costs, HTTP Basic auth, and injected faults (500s, OOM,
+resets, hangs, truncated bodies, interrupted jobs). See ``server.py`` for the routes.
+
+    sim = await start_sim(SimConfig(latency_s=0.05, error_rate=0.1))
+    ...  # point a client at sim.url
+    await sim.close()
+"""
+
+from pipeline.sim.cli_args import add_sim_arguments, config_from_args
+from pipeline.sim.config import SimConfig
+from pipeline.sim.server import SimServer, build_app, run_sim, start_sim
+from pipeline.sim.state import SimStats
+
+__all__ = ["SimConfig", "SimServer", "SimStats", "add_sim_arguments", "build_app",
+           "config_from_args", "run_sim", "start_sim"]
