@@ -63,7 +63,7 @@ def _extensions() -> list[Any]:
     """Subcommands that live in their own modules (grid, check, reproduce, ...)."""
     found = []
     for module_name in ("pipeline.preflight_cli", "pipeline.grid.cli", "pipeline.reproduce",
-                        "pipeline.importers_cli"):
+                        "pipeline.importers_cli"):  # each has add_parser(subparsers)
         try:
             module = __import__(module_name, fromlist=["add_parser"])
         except ModuleNotFoundError as exc:
@@ -84,6 +84,9 @@ def _add_job_selection(p: argparse.ArgumentParser) -> None:
                         "runs one job at a time, so 1-2 is right)")
     p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint shares of the "
                    "variants (split by id: N machines can share one sweep without talking)")
+    p.add_argument("--subpath", metavar="PREFIX", default="",
+                   help="URL path prefix in front of /sdapi/v1 on every backend (a WebUI behind a "
+                        "reverse proxy at e.g. /sd)")
 
 
 def _add_run(sub: Any) -> None:
@@ -155,13 +158,17 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, total
 
 
-def resolve_backends(spec: Any, urls: list[str], concurrency: int | None) -> list[Any]:
+def resolve_backends(spec: Any, urls: list[str], concurrency: int | None,
+                     subpath: str = "") -> list[Any]:
     from pydantic import ValidationError
 
     from pipeline.jobspec import BackendSpec
 
     if concurrency is not None and concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    prefix = "/" + subpath.strip("/") if subpath.strip("/") else ""
+    if prefix and not all(part and part not in (".", "..") for part in prefix[1:].split("/")):
+        raise UsageError(f"--subpath {subpath!r} is not a URL path like /sd")
     if urls:
         backends = []
         for url in urls:
@@ -171,10 +178,14 @@ def resolve_backends(spec: Any, urls: list[str], concurrency: int | None) -> lis
             except ValidationError as exc:
                 msg = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
                 raise UsageError(f"--backend: {msg}") from None
-        return backends
-    backends = list(spec.backends)
-    if concurrency is not None:
-        backends = [b.model_copy(update={"concurrency": concurrency}) for b in backends]
+    else:
+        backends = list(spec.backends)
+        if concurrency is not None:
+            backends = [b.model_copy(update={"concurrency": concurrency}) for b in backends]
+    if prefix:
+        if not backends:
+            raise UsageError("--subpath needs backends (in the job or with --backend)")
+        backends = [b.model_copy(update={"url": b.url + prefix}) for b in backends]
     return backends
 
 
@@ -211,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.expand import build_plan
 
     spec = load_job(args.job)
-    backends = resolve_backends(spec, args.backend, args.concurrency)
+    backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)
     shard = parse_shard(args.shard)
     out_dir = default_out_dir(spec, args.job, args.out)
     plan = build_plan(spec)  # template and wildcard errors surface before anything starts
@@ -265,7 +276,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.plan import plan_report
 
     spec = load_job(args.job)
-    backends = resolve_backends(spec, args.backend, args.concurrency)
+    backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)
     shard = parse_shard(args.shard)
     out_dir = default_out_dir(spec, args.job, args.out)
     return plan_report(spec, backends, shard=shard, out_dir=out_dir, as_json=args.json,

@@ -36,7 +36,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pipeline.job import load_job
 
     spec = load_job(args.job)
-    backends = resolve_backends(spec, args.backend, args.concurrency)
+    backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)
     if not backends:
         raise UsageError("the job lists no backends; name one with --backend URL")
     plan = expand.build_plan(spec)
