@@ -19,6 +19,7 @@ import orjson
 
 from pipeline.errors import (BadResponseError, HTTPStatusError, RequestTimeout,
                              TransportError)
+from pipeline.inputs import encode_refs
 from pipeline.jobspec import BackendSpec
 from pipeline.model import Image, Variant
 from pipeline.response import check_substitution, parse_body, split_images
@@ -42,12 +43,22 @@ class Reply:
 
 
 def response_cap_bytes(payload: dict[str, Any]) -> int:
-    """A generous ceiling for one response: raw RGBA for every image, base64'd, plus slack."""
-    images = int(payload.get("batch_size", 1) or 1) * int(payload.get("n_iter", 1) or 1)
-    scale = float(payload.get("hr_scale", 1) or 1) if payload.get("enable_hr") else 1.0
-    pixels = int(payload.get("width", 512) or 512) * int(payload.get("height", 512) or 512)
+    """A generous ceiling for one response: raw RGBA for every image, base64'd, plus slack.
+
+    Field values are the user's and may be wrong (the server answers 422 for those), so
+    anything that is not a number counts as its WebUI default here.
+    """
+    images = _number(payload.get("batch_size"), 1) * _number(payload.get("n_iter"), 1)
+    scale = _number(payload.get("hr_scale"), 1) if payload.get("enable_hr") else 1.0
+    pixels = _number(payload.get("width"), 512) * _number(payload.get("height"), 512)
     per_image = int(pixels * scale * scale * 4 * 1.4)
-    return 16 * 1024 * 1024 + (images + 2) * per_image
+    return 16 * 1024 * 1024 + int(images + 2) * per_image
+
+
+def _number(value: Any, default: float) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6:
+        return float(value)
+    return float(default)
 
 
 class BackendClient:
@@ -69,7 +80,8 @@ class BackendClient:
         """POST the variant and return its checked images; raises ``BackendError``."""
         params = self._params(variant)
         started = time.monotonic()
-        body = await self._request("POST", f"/sdapi/v1/{variant.endpoint}", payload=params,
+        body = await self._request("POST", f"/sdapi/v1/{variant.endpoint}",
+                                   payload=encode_refs(params),
                                    timeout_s=self.spec.timeout_s,
                                    cap_bytes=response_cap_bytes(params))
         data = parse_body(body)

@@ -18,10 +18,12 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pipeline import inputs
 from pipeline import prompts as templates
 from pipeline.errors import JobError
 from pipeline.jobspec import JobSpec, PromptSpec, SeedCount
@@ -68,6 +70,7 @@ class Plan:
 
 def build_plan(spec: JobSpec) -> Plan:
     """Parse templates and lay out the axes; raises ``JobError`` for anything malformed."""
+    spec = _resolve_input_images(spec)
     store = templates.WildcardStore(spec.wildcards_dir)
     parsed: list[_Template] = []
     for i, item in enumerate(spec.prompts):
@@ -81,7 +84,8 @@ def build_plan(spec: JobSpec) -> Plan:
             except JobError as exc:
                 raise JobError(exc.detail, path=spec.source_path, where=f"prompts[{i}]",
                                hint=exc.hint) from None
-        parsed.append(_Template(i, p.prompt, p.negative_prompt, p.overrides, node, p.name))
+        overrides = _image_fields(p.overrides, spec, f"prompts[{i}]")
+        parsed.append(_Template(i, p.prompt, p.negative_prompt, overrides, node, p.name))
     axes = _axes(spec, parsed)
     if isinstance(spec.seeds, SeedCount):
         seeds, seed_count = (), spec.seeds.count
@@ -90,6 +94,59 @@ def build_plan(spec: JobSpec) -> Plan:
     else:
         seeds, seed_count = tuple(spec.seeds), None
     return Plan(spec, tuple(parsed), axes, seeds, seed_count, store)
+
+
+def _image_fields(fields: dict[str, Any], spec: JobSpec, where: str) -> dict[str, Any]:
+    """``init_images``/``mask`` paths in a mapping of fields -> checked file references."""
+    if not any(f in fields for f in inputs.IMAGE_FIELDS):
+        return fields
+    base = Path(spec.base_dir or ".")
+    out = dict(fields)
+    if "init_images" in out:
+        out["init_images"] = inputs.refs(out["init_images"], base, spec.source_path,
+                                         f"{where}.init_images")
+    if "mask" in out:
+        masks = inputs.refs(out["mask"], base, spec.source_path, f"{where}.mask")
+        if len(masks) != 1:
+            raise JobError(f"{where}.mask names {len(masks)} files; a request takes one mask",
+                           path=spec.source_path, where=f"{where}.mask",
+                           hint="make mask an axis in 'matrix' for one variant per mask")
+        out["mask"] = masks[0]
+    return out
+
+
+def _resolve_input_images(spec: JobSpec) -> JobSpec:
+    """Turn img2img input paths/globs into file references, and check the endpoint fits."""
+    uses = (any(f in spec.defaults or f in spec.matrix for f in inputs.IMAGE_FIELDS)
+            or any(f in g for g in spec.zip for f in inputs.IMAGE_FIELDS)
+            or any(isinstance(p, PromptSpec) and "init_images" in p.overrides
+                   for p in spec.prompts))
+    if uses and spec.endpoint != "img2img":
+        raise JobError("init_images are set but the endpoint is txt2img", path=spec.source_path,
+                       where="endpoint", hint="add 'endpoint: img2img' to the job")
+    if spec.endpoint == "img2img" and not uses:
+        raise JobError("endpoint img2img needs input images", path=spec.source_path,
+                       where="endpoint", hint="set init_images in defaults, a prompt, or as a "
+                       "matrix axis (paths or globs relative to the job file)")
+    if not uses:
+        return spec
+    base = Path(spec.base_dir or ".")
+    matrix = dict(spec.matrix)
+    for field in inputs.IMAGE_FIELDS:
+        if field in matrix:
+            values = inputs.axis_values(matrix[field], base, spec.source_path, f"matrix.{field}")
+            matrix[field] = values if field == "init_images" else [v[0] for v in values]
+    groups = []
+    for n, group in enumerate(spec.zip):
+        group = dict(group)
+        for field in inputs.IMAGE_FIELDS:
+            if field in group:
+                resolved = [inputs.refs(v, base, spec.source_path, f"zip[{n}].{field}")
+                            for v in group[field]]
+                group[field] = resolved if field == "init_images" else [r[0] for r in resolved]
+        groups.append(group)
+    return spec.model_copy(update={"defaults": _image_fields(spec.defaults, spec, "defaults"),
+                                   "matrix": matrix, "zip": groups})
 
 
 def _axes(spec: JobSpec, parsed: list[_Template]) -> tuple[Axis, ...]:
@@ -282,15 +339,26 @@ def _apply(spec: JobSpec, template: _Template, text: str, axes: tuple[Axis, ...]
         elif axis.kind == "zip":
             for key, v in value.items():
                 _set_dotted(payload, key, v)
-                axis_values.append((key, v))
+                axis_values.append((key, _label(v)))
         else:
             _set_dotted(payload, MATRIX_ALIASES.get(axis.name, axis.name), value)
-            axis_values.append((axis.name, value))
+            axis_values.append((axis.name, _label(value)))
     payload["prompt"] = prompt
     payload["negative_prompt"] = negative or ""
+    if "mask" in payload:
+        inputs.check_mask(payload, spec.source_path)
     if _checkpoint_of(payload) is not None:
         payload.setdefault("override_settings_restore_afterwards", False)
     return payload, axis_values, text
+
+
+def _label(value: Any) -> Any:
+    """An axis value as people read it: input images by file name."""
+    if inputs.is_ref(value):
+        return Path(value["$file"]).name
+    if isinstance(value, list) and value and all(inputs.is_ref(v) for v in value):
+        return ", ".join(Path(v["$file"]).name for v in value)
+    return value
 
 
 def _seeds_for(plan: Plan, payload: dict[str, Any]) -> Iterator[int]:

@@ -126,13 +126,20 @@ def split_images(data: dict[str, Any], variant: Variant) -> tuple[tuple[Image, .
             subseed=all_subseeds[i] if i < len(all_subseeds) else None,
             prompt=all_prompts[i] if i < len(all_prompts) else variant.prompt,
             negative_prompt=all_negatives[i] if i < len(all_negatives) else variant.negative_prompt,
-            infotext=infotexts[i] if i < len(infotexts) and isinstance(infotexts[i], str) else None,
+            infotext=_infotext(infotexts, first, i, len(all_seeds)),
         ))
     for n, b64 in enumerate(images[first + len(all_seeds):]):
         raw = decode_image(b64, where=f"extra image {n}")
         out.append(Image(index=len(all_seeds) + n, data=raw, format=sniff_format(raw) or "bin",
                          kind="extra"))
     return tuple(out), info
+
+
+def _infotext(infotexts: list[Any], first: int, i: int, generations: int) -> str | None:
+    """Generation i's infotext. With a grid first, A1111 lists the grid's infotext first too."""
+    offset = first if len(infotexts) >= generations + first else 0
+    text = infotexts[i + offset] if i + offset < len(infotexts) else None
+    return text if isinstance(text, str) else None
 
 
 def _int_list(value: Any) -> list[int] | None:

@@ -225,3 +225,36 @@ seeds: [1]
     err = capsys.readouterr().err
     assert "rejected the credentials" in err and "Incorrect username or password" in err
     assert "wrong" not in err.replace("Incorrect username", "")
+
+
+def test_img2img_one_variant_per_input_image(sim, write_job, tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    backend = sim()
+    (tmp_path / "inputs").mkdir()
+    for i, colour in enumerate(["red", "blue"]):
+        PILImage.new("RGB", (64, 64), colour).save(tmp_path / "inputs" / f"in{i}.png")
+    PILImage.new("L", (32, 32), 255).save(tmp_path / "small_mask.png")
+    job = write_job(f"""
+backends: [{{url: "{backend.url}"}}]
+endpoint: img2img
+defaults: {{width: 64, height: 64, denoising_strength: 0.4}}
+prompts: ["a painting"]
+matrix: {{init_images: ["inputs/*.png"]}}
+seeds: [3]
+""")
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out), "--quiet", "--no-fsync"]) == 0
+    records = read_manifest(out)
+    assert len(records) == 2
+    _check_files(out, records)
+    assert sorted(r["axes"]["init_images"] for r in records) == ["in0.png", "in1.png"]
+    # the manifest records which file was used, not megabytes of base64
+    ref = records[0]["params"]["init_images"][0]
+    assert ref["$file"].endswith(".png") and len(ref["sha256"]) == 64
+    bad = write_job(job.read_text().replace("denoising_strength: 0.4",
+                                            "denoising_strength: 0.4, mask: small_mask.png"),
+                    name="bad.yaml")
+    assert main(["plan", str(bad)]) == 2
+    missing = write_job(job.read_text().replace("inputs/*.png", "nothing/*.png"), name="m.yaml")
+    assert main(["plan", str(missing)]) == 2

@@ -35,7 +35,7 @@ def _variant(**payload: object) -> Variant:
 def test_grid_first_generations_then_extras() -> None:
     grid, a, b, extra = _img((0, 0, 0)), _img((255, 0, 0)), _img((0, 255, 0)), _img((9, 9, 9))
     info = {"all_seeds": [100, 101], "all_subseeds": [7, 8], "index_of_first_image": 1,
-            "all_prompts": ["p1", "p2"]}
+            "all_prompts": ["p1", "p2"], "infotexts": ["grid info", "info 1", "info 2"]}
     body = {"images": [_b64(x) for x in (grid, a, b, extra)], "info": orjson.dumps(info).decode()}
     images, parsed = split_images(body, _variant(batch_size=2, save_images=True))
     gens = [i for i in images if i.kind == "generation"]
@@ -43,6 +43,7 @@ def test_grid_first_generations_then_extras() -> None:
     assert [g.data for g in gens] == [a, b]
     assert [g.seed for g in gens] == [100, 101] and [g.subseed for g in gens] == [7, 8]
     assert [g.prompt for g in gens] == ["p1", "p2"]
+    assert [g.infotext for g in gens] == ["info 1", "info 2"]  # the grid's infotext comes first
     assert len(extras) == 1 and extras[0].data == extra and extras[0].seed is None
     assert parsed["index_of_first_image"] == 1
 

@@ -41,8 +41,8 @@ def _group(text: str, pos: int, rng: random.Random) -> tuple[str, int]:
     head, sep, _ = text[pos:].partition("$$")
     closing = text.find("}", pos)
     if sep and (closing == -1 or pos + len(head) < closing) and _is_count(head):
-        low, _, high_text = head.partition("-")
-        low, high = int(low), int(high_text or low)
+        low_text, _, high_text = head.partition("-")
+        low, high = int(low_text), int(high_text or low_text)
         pos += len(head) + 2
     options: list[str] = []
     while True:

@@ -81,7 +81,7 @@ def _palette(start: tuple[int, int, int], end: tuple[int, int, int],
              shapes: list[tuple[int, int, int]]) -> list[int]:
     last = GRADIENT_LEVELS - 1
     channels = [[a + (b - a) * i // last for i in range(GRADIENT_LEVELS)]
-                for a, b in zip(start, end)]
+                for a, b in zip(start, end, strict=True)]
     palette = [0] * 768
     palette[0:GRADIENT_LEVELS * 3:3] = channels[0]
     palette[1:GRADIENT_LEVELS * 3:3] = channels[1]

@@ -349,7 +349,7 @@ class SimServer:
         await self.close()
 
 
-async def start_sim(config: SimConfig = SimConfig(), *, host: str = "127.0.0.1",
+async def start_sim(config: SimConfig = SimConfig(), *, host: str = "127.0.0.1",  # noqa: B008
                     port: int = 0) -> SimServer:
     """Start a simulated backend on ``host:port`` (0: a free port) in the running loop."""
     app = build_app(config)
