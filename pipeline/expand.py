@@ -26,12 +26,10 @@ import orjson
 from pipeline import inputs
 from pipeline import prompts as templates
 from pipeline.errors import JobError
+from pipeline.fields import CHECKPOINT_KEY, MATRIX_ALIASES
 from pipeline.jobspec import JobSpec, PromptSpec, SeedCount
 from pipeline.model import Variant
 
-CHECKPOINT_KEY = "override_settings.sd_model_checkpoint"
-MATRIX_ALIASES = {"checkpoint": CHECKPOINT_KEY, "model": CHECKPOINT_KEY,
-                  "vae": "override_settings.sd_vae", "clip_skip": "override_settings.CLIP_stop_at_last_layers"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,3 +29,13 @@ IMG2IMG_ONLY_FIELDS: frozenset[str] = frozenset({
     "mask_blur", "mask_round", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
     "inpainting_mask_invert", "initial_noise_multiplier", "latent_mask", "include_init_images",
 })
+
+CHECKPOINT_KEY = "override_settings.sd_model_checkpoint"
+
+# Short names a job may use for nested fields, in matrix, zip and prompt overrides.
+MATRIX_ALIASES: dict[str, str] = {
+    "checkpoint": CHECKPOINT_KEY,
+    "model": CHECKPOINT_KEY,
+    "vae": "override_settings.sd_vae",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+}

@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import JobError
-from pipeline.fields import TXT2IMG_FIELDS
+from pipeline.fields import MATRIX_ALIASES, TXT2IMG_FIELDS
 from pipeline.jobspec import JobSpec
 from pipeline.naming import Namer
 
@@ -216,7 +216,7 @@ def _warn_unknown_fields(data: dict[str, Any], node: yaml.Node, path: str) -> No
             continue
         for key in fields:
             top = str(key).split(".", 1)[0]
-            if top not in TXT2IMG_FIELDS:
+            if top not in TXT2IMG_FIELDS and key not in MATRIX_ALIASES:
                 close = difflib.get_close_matches(top, sorted(TXT2IMG_FIELDS), n=1, cutoff=0.7)
                 line = line_of(node, (section.split("[")[0], key))
                 log.warning("%s: line %s: %s.%s is not a WebUI txt2img field; the WebUI ignores "
