@@ -88,6 +88,16 @@ def parse_job(raw: bytes, *, path: str = "<job>", base_dir: str = ".",
     except JobError as exc:
         raise JobError(exc.detail, path=path, where=f"line {line_of(node, ('naming',))}, naming",
                        hint=exc.hint) from None
+    if spec.grid is not None:
+        from pipeline.grid.spec import GridSpec
+
+        try:
+            GridSpec.from_job(spec.model_copy(update={"source_path": path}))
+        except JobError as exc:
+            line = line_of(node, tuple((exc.where or "grid").split(".")))
+            raise JobError(exc.detail, path=path,
+                           where=f"line {line}, {exc.where}" if line else exc.where,
+                           hint=exc.hint) from None
     return spec.model_copy(update={
         "source_path": path,
         "base_dir": base_dir,

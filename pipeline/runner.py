@@ -33,6 +33,7 @@ from pipeline.errors import (BackendError, OutputError, RequestTimeout, SdbatchE
 from pipeline.events import (BackendChanged, Event, Listener, RunFinished, RunStarted,
                              Stopping, VariantFailed, VariantRetrying, VariantSkipped,
                              VariantWritten)
+from pipeline.grid import LiveOutputs
 from pipeline.health import BackendHealth, RetryPolicy
 from pipeline.jobspec import BackendSpec, ConvertSpec, JobSpec
 from pipeline.model import Failed, Generated, Variant
@@ -58,6 +59,7 @@ class RunOptions:
     interrupt_backends: bool = False
     zero_waits: bool = False
     simulated: bool = False
+    refresh_every_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -92,6 +94,8 @@ class Run:
         self.plan = plan or expand.build_plan(spec)
         # Dataset formats (outputs:); a bad caption or column raises JobError here, before the run.
         self.exporters = build_exporters(spec, options.out_dir, plan=self.plan)
+        # Grid sheets and the gallery, re-rendered at most every `every_s` while the run goes.
+        self.live = LiveOutputs(options.out_dir, spec, every_s=options.refresh_every_s)
         self.store = OutputStore(options.out_dir, fsync=options.fsync,
                                  namer=Namer(spec.naming))
         self.policy = RetryPolicy(spec.retry, zero_waits=options.zero_waits)
@@ -137,6 +141,7 @@ class Run:
         resume = await asyncio.to_thread(self.store.prepare)
         for exporter in self.exporters:  # after the manifest repair, so they match it exactly
             await asyncio.to_thread(exporter.rebuild)
+        await asyncio.to_thread(self.live.maybe_refresh)  # resumed images show at once
         self.summary.total = expand.count(self.plan)
         if self.options.shard:
             index, n = self.options.shard
@@ -158,6 +163,7 @@ class Run:
                     await self._run_stages()
                 finally:
                     await asyncio.shield(self.store.close())
+                    await asyncio.shield(asyncio.to_thread(self.live.final))
         except* SdbatchError as group:
             error = group.exceptions[0]
             while isinstance(error, BaseExceptionGroup):
@@ -208,10 +214,12 @@ class Run:
             writer = tg.create_task(self._writer(), name="writer")
             workers = tg.create_task(self._workers(), name="workers")
             supervisor = tg.create_task(self._supervise(workers), name="supervisor")
+            refresher = tg.create_task(self._refresh_outputs(), name="refresher")
             try:
                 await asyncio.wait({workers})
             finally:
                 supervisor.cancel()
+                refresher.cancel()
                 # Tell the writer to finish what is queued. If the run is failing the writer may
                 # be cancelled and never drain the queue, so never block on a full one.
                 while not writer.done():
@@ -221,6 +229,11 @@ class Run:
                     except asyncio.QueueFull:
                         await asyncio.sleep(0.01)
             await writer
+
+    async def _refresh_outputs(self) -> None:
+        while True:
+            await asyncio.sleep(self.live.every_s)
+            await asyncio.to_thread(self.live.maybe_refresh)
 
     async def _workers(self) -> None:
         try:
