@@ -130,7 +130,7 @@ def _validate(raw: Any, path: str | None) -> GridSpec:
         err = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        hint = "see the grid section in docs/grid.md"
+        hint = "see 'Grid sheets and the gallery' in README.md"
         if err["type"] == "extra_forbidden":
             allowed = sorted(GridSpec.model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1, cutoff=0.6)
