@@ -51,7 +51,8 @@ class BackendHealth:
     consecutive_failures: int = 0
     times_benched: int = 0
     benched_until: float = 0.0
-    loaded_checkpoint: str | None = None
+    loaded_checkpoint: str | None = None  # as the job names it, for affinity
+    model_label: str | None = None  # what the server reports it has loaded, for display
     target_checkpoint: str | None = None
     checkpoint_loads: int = 0
     in_flight: int = 0

@@ -135,7 +135,7 @@ class Reporter:
                  f"{s.images} images", f"{self.images_per_s():.2f} img/s",
                  f"ETA {format_duration(self.eta_s())}", f"failed {s.failed}"]
         for h in self.run.health.values():
-            parts.append(f"[{h.label} {h.state} ckpt={h.loaded_checkpoint or '-'} "
+            parts.append(f"[{h.label} {h.state} model={h.model_label or '-'} "
                          f"in-flight {h.in_flight} done {h.done} fail {h.failures} "
                          f"{h.images_per_s():.2f} img/s]")
         return ", ".join(parts[:5]) + " " + " ".join(parts[5:])
@@ -147,7 +147,8 @@ class Reporter:
                                                              "img/s") else "left")
         for h in self.run.health.values():
             style = {"ok": "green", "benched": "yellow", "probing": "yellow"}.get(h.state, "red")
-            table.add_row(h.label, f"[{style}]{h.state}[/]", h.loaded_checkpoint or "-",
+            table.add_row(h.label, f"[{style}]{h.state}[/]",
+                          h.model_label or h.loaded_checkpoint or "-",
                           str(h.in_flight), str(h.done), str(h.failures),
                           f"{h.images_per_s():.2f}")
         return table
@@ -161,7 +162,8 @@ class Reporter:
         if not self.live:
             while True:
                 await asyncio.sleep(self.interval_s)
-                self.console.print(self.status_line(), markup=False)
+                self.console.print(f"[{time.strftime('%H:%M:%S')}] {self.status_line()}",
+                                   markup=False)
         progress = Progress(TextColumn("[bold]variants"), BarColumn(), MofNCompleteColumn(),
                             TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
                             TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),

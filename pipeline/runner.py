@@ -189,6 +189,7 @@ class Run:
                 return
             loaded = options.get("sd_model_checkpoint")
             health.loaded_checkpoint = _match_checkpoint(loaded, expand.checkpoints(self.plan))
+            health.model_label = title_parts(loaded)[0] if isinstance(loaded, str) else None
             self.emit(BackendChanged(label, "ok", f"loaded {loaded}"))
 
         async with asyncio.TaskGroup() as tg:
@@ -301,6 +302,7 @@ class Run:
             if variant.checkpoint is not None and variant.checkpoint != health.loaded_checkpoint:
                 health.checkpoint_loads += 1
                 health.loaded_checkpoint = variant.checkpoint
+            health.model_label = reply.model or health.model_label
             generations = sum(1 for i in reply.images if i.kind == "generation")
             health.on_success(now, generations, reply.elapsed_s)
             attempts = self.dispatcher.attempts.get(variant.id)
