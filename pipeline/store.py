@@ -18,11 +18,12 @@ are dropped on open, so ``(id, image_index)`` never appears twice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,27 @@ def output_error(exc: OSError, path: Path | str) -> OutputError:
             errno.EROFS: "choose a writable --out"}.get(exc.errno or 0, "check the path")
     return OutputError(f"cannot write {path}: {reason}. {hint.capitalize()}, then rerun the same "
                        "command: finished images are kept and the run resumes")
+
+
+def replace_file(path: Path, chunks: bytes | Iterable[bytes], *, fsync: bool = True) -> None:
+    """Write ``path`` atomically: a ``.tmp-`` name beside it, (fsync,) rename over it.
+
+    A failure leaves the old file (if any) and no temporary file; it raises ``OutputError``.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as handle:
+            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+                handle.write(chunk)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise output_error(exc, path) from None
 
 
 @dataclass(slots=True)
@@ -165,15 +187,7 @@ class OutputStore:
         if rewrite or kept != total_lines:
             state.repaired_lines = total_lines - kept
             state.dropped_partial = len(drop)
-            tmp = self.root / f"{TMP_PREFIX}{MANIFEST}"
-            try:
-                with tmp.open("wb") as handle:
-                    handle.writelines(lines)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise output_error(exc, path) from None
+            replace_file(path, lines)
             log.info("repaired %s: dropped %d line(s) of %d unfinished variant(s) or torn writes",
                      path, state.repaired_lines, len(drop))
         return state
@@ -270,13 +284,8 @@ class OutputStore:
     # --- run bookkeeping ----------------------------------------------------------------------
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        path = self.root / name
-        tmp = path.with_name(f"{TMP_PREFIX}{name}")
-        try:
-            tmp.write_bytes(orjson.dumps(data, option=_DUMP | orjson.OPT_INDENT_2))
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise output_error(exc, path) from None
+        replace_file(self.root / name, orjson.dumps(data, option=_DUMP | orjson.OPT_INDENT_2),
+                     fsync=self.fsync)
 
     def read_run(self) -> dict[str, Any]:
         try:

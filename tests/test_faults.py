@@ -193,3 +193,40 @@ def test_unwritable_output_directory(sim, write_job, tmp_path: Path,
     err = capsys.readouterr().err
     assert "not-a-dir" in err and "cannot write" in err and "Traceback" not in err
     assert backend.stats()["requests"] == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KiB tmpfs (needs root, as in CI); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_disk_full_stops_cleanly_and_resumes(sim, write_job, tiny_disk: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    backend = sim()
+    job = write_job(f"""
+backends: [{{url: "{backend.url}"}}]
+defaults: {{width: 256, height: 256}}
+prompts: ["a {{red|green|blue|white|black|grey}} {{cube|ball|cone|ring}}"]
+seeds: [1, 2, 3, 4]
+""")
+    out = tiny_disk / "out"
+    assert main(["run", str(job), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(out) in err and "Traceback" not in err
+    assert "rerun the same command" in err
+    assert not list(out.rglob(".tmp-*")), "no partial files"
+    records = read_manifest(out)
+    _check_files(out, records)  # whatever was recorded is whole
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+    assert main(["run", str(job), "--out", str(out), "--quiet"]) == 0
+    _assert_complete(out, 96)

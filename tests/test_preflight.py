@@ -10,7 +10,6 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.job import load_job
-from pipeline.jobspec import BackendSpec
 from pipeline.runner import Run, RunOptions
 from tests.conftest import read_manifest
 

@@ -17,7 +17,6 @@ with ``textContent`` and DOM properties only, and the blob is escaped so it cann
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,14 @@ from pipeline.grid.labels import axis_title, label_for, ordered, value_key
 from pipeline.grid.render import load_run_job, read_index
 from pipeline.grid.spec import GridSpec
 from pipeline.naming import inside
-from pipeline.store import FAILURES, MANIFEST, RUN_FILE, TMP_PREFIX, now_iso, output_error, \
-    read_records
+from pipeline.store import (
+    FAILURES,
+    MANIFEST,
+    RUN_FILE,
+    now_iso,
+    read_records,
+    replace_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +60,7 @@ class GalleryWriter:
         """Write ``OUT/index.html`` atomically; returns its path."""
         html = render_page(self.data())
         path = self.out_dir / GALLERY_FILE
-        tmp = self.out_dir / f"{TMP_PREFIX}{GALLERY_FILE}"
-        try:
-            tmp.write_text(html, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise output_error(exc, path) from None
+        replace_file(path, html.encode("utf-8"), fsync=False)
         return path
 
     def data(self) -> dict[str, Any]:

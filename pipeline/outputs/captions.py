@@ -15,9 +15,7 @@ is written atomically (``.tmp-<name>``, then ``os.replace``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
 import string
 from collections.abc import Iterable
@@ -25,8 +23,13 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.errors import JobError
 from pipeline.outputs.columns import Column, ColumnSet, to_text
-from pipeline.outputs.exporter import Exporter, Record, dataset_records, is_dataset_record
-from pipeline.store import TMP_PREFIX, output_error
+from pipeline.outputs.exporter import (
+    Exporter,
+    Record,
+    dataset_records,
+    is_dataset_record,
+)
+from pipeline.store import TMP_PREFIX, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +136,7 @@ class CaptionExporter(Exporter):
                 return
         except OSError:
             pass
-        tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise output_error(exc, path) from None
+        replace_file(path, data, fsync=False)
 
     def rebuild(self) -> None:
         """Write every caption that is missing or differs; remove captions of images the

@@ -20,8 +20,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pipeline.outputs.columns import BASE, RECORD_FIELDS, Column, to_text
-from pipeline.outputs.exporter import (Exporter, Record, append_file, dataset_records,
-                                       is_dataset_record, needs_header, replace_file)
+from pipeline.outputs.exporter import (
+    Exporter,
+    Record,
+    append_file,
+    dataset_records,
+    is_dataset_record,
+    needs_header,
+)
+from pipeline.store import replace_file
 
 log = logging.getLogger(__name__)
 

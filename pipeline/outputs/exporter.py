@@ -16,14 +16,12 @@ appends are plain appends, because a torn append is repaired by the next ``rebui
 from __future__ import annotations
 
 import abc
-import contextlib
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.naming import inside
-from pipeline.store import MANIFEST, TMP_PREFIX, output_error, read_records
+from pipeline.store import MANIFEST, output_error, read_records
 
 Record = dict[str, Any]
 
@@ -63,23 +61,6 @@ def dataset_records(out_dir: Path) -> Iterator[Record]:
             continue
         seen.add(key)
         yield record
-
-
-def replace_file(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to ``path`` atomically: temp name beside it, fsync, rename."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise output_error(exc, path) from None
 
 
 def append_file(path: Path, data: bytes) -> None:

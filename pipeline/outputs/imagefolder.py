@@ -26,8 +26,14 @@ from pathlib import Path
 import orjson
 
 from pipeline.outputs.columns import Column
-from pipeline.outputs.exporter import (Exporter, Record, append_file, dataset_records,
-                                       is_dataset_record, replace_file)
+from pipeline.outputs.exporter import (
+    Exporter,
+    Record,
+    append_file,
+    dataset_records,
+    is_dataset_record,
+)
+from pipeline.store import replace_file
 
 log = logging.getLogger(__name__)
 
