@@ -245,6 +245,12 @@ async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_
                              interrupt_backends=args.interrupt_backends,
                              simulated=sim_url is not None)
         can_serve, verdict = await prepare_run(spec, plan, options)
+        if not args.quiet:
+            for finding in verdict.findings:
+                if finding.missing_on and finding.available_on:
+                    print(f"sdbatch: {finding.kind} {finding.name!r} is only on "
+                          f"{', '.join(finding.available_on)}: its variants go there only",
+                          file=sys.stderr)
         run = Run(spec, options, plan=plan, can_serve=can_serve,
                   payload_extras={i.label: payload_extras(i) for i in verdict.infos})
         reporter = Reporter(run, quiet=args.quiet, interval_s=args.progress_interval_s)

@@ -79,6 +79,7 @@ def build_plan(spec: JobSpec) -> Plan:
                 node = templates.parse(p.prompt)
                 for name in sorted(templates.wildcard_names(node)):
                     store.options(name)  # a missing wildcard is an error now, not mid-run
+                templates.count(node, store)  # so is a choose-k larger than a wildcard
             except JobError as exc:
                 raise JobError(exc.detail, path=spec.source_path, where=f"prompts[{i}]",
                                hint=exc.hint) from None

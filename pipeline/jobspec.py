@@ -53,6 +53,17 @@ def expand_values(raw: Any) -> list[Any]:
     return out
 
 
+def _no_duplicates(values: list[Any], what: str) -> None:
+    """Two equal values would make two identical variants (and the same images twice)."""
+    seen: set[str] = set()
+    for value in values:
+        key = repr(value)
+        if key in seen:
+            raise ValueError(f"{what} lists {value!r} twice; each value makes its own variants, "
+                             "so keep one")
+        seen.add(key)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -157,6 +168,12 @@ class LoraAxis(_Strict):
     weights: list[float | str] = Field(default_factory=lambda: [1.0])
     baseline: bool = False
 
+    @field_validator("names", mode="after")
+    @classmethod
+    def _unique_names(cls, names: list[str]) -> list[str]:
+        _no_duplicates(names, "loras.names")
+        return names
+
     @field_validator("weights", mode="after")
     @classmethod
     def _ranges(cls, weights: list[float | str]) -> list[float | str]:
@@ -166,6 +183,7 @@ class LoraAxis(_Strict):
                 raise ValueError(f"weight {w!r} is not a number, a range like 0.2..1.0 step 0.2, "
                                  "or 'baseline'")
             out.append(w)
+        _no_duplicates(out, "loras.weights")
         return out
 
 
@@ -237,6 +255,7 @@ class JobSpec(_Strict):
             values = expand_values(raw)
             if not values:
                 raise ValueError(f"matrix axis {key!r} has no values; give at least one")
+            _no_duplicates(values, f"matrix axis {key!r}")
             out[key] = values
         return out
 
@@ -252,6 +271,8 @@ class JobSpec(_Strict):
                                  f"same length; got {lengths}")
             if 0 in lengths.values():
                 raise ValueError(f"zip group {n} has empty lists")
+            _no_duplicates([tuple(map(repr, row)) for row in zip(*group.values())],
+                           f"zip group {n}")
         return groups
 
     @field_validator("replace", mode="after")
@@ -261,6 +282,8 @@ class JobSpec(_Strict):
             if len(values) < 1 or not values[0]:
                 raise ValueError(f"replace axis {n}: the first value is the text to search for, "
                                  "and cannot be empty")
+            _no_duplicates(values, f"replace axis {n} (the first value is also the first "
+                                   "replacement)")
         return axes
 
     @field_validator("seeds", mode="after")
@@ -274,6 +297,7 @@ class JobSpec(_Strict):
             for s in seeds:
                 if s < -1 or s > 2**32 - 1:
                     raise ValueError(f"seed {s} is outside 0..4294967295 (or -1 for random)")
+            _no_duplicates([s for s in seeds if s != -1], "seeds")
         return seeds
 
     @model_validator(mode="after")

@@ -126,22 +126,17 @@ async def inspect_backend(client: BackendClient) -> BackendInfo:
         return BackendInfo(label, reachable=False, error=str(exc))
 
     async def listing(path: str) -> Any:
+        """A list the server may not have (404 on older versions and forks): None if absent."""
         try:
             return await client.get_json(path)
-        except HTTPStatusError as exc:
-            if exc.status in (404, 405):
-                return None
-            raise
         except BackendError:
             return None
 
     paths = ["/sdapi/v1/sd-models", "/sdapi/v1/samplers", "/sdapi/v1/schedulers",
-             "/sdapi/v1/loras", "/sdapi/v1/sd-vae", "/sdapi/v1/sd-modules", "/sdapi/v1/scripts"]
-    try:
-        models, samplers, schedulers, loras, vaes, modules, scripts = await asyncio.gather(
-            *(listing(p) for p in paths))
-    except BackendError as exc:
-        return BackendInfo(label, reachable=False, error=str(exc))
+             "/sdapi/v1/loras", "/sdapi/v1/sd-vae", "/sdapi/v1/sd-modules", "/sdapi/v1/scripts",
+             "/sdapi/v1/embeddings"]
+    models, samplers, schedulers, loras, vaes, modules, scripts, embeddings = \
+        await asyncio.gather(*(listing(p) for p in paths))
     names: dict[str, frozenset[str]] = {}
     shown: dict[str, tuple[str, ...]] = {}
 
@@ -169,6 +164,8 @@ async def inspect_backend(client: BackendClient) -> BackendInfo:
     vae_items = vaes if isinstance(vaes, list) else modules
     add("vae", vae_items, lambda v: [v.get("model_name"), v.get("filename"),
                                      _basename(v.get("filename"))], "model_name")
+    if isinstance(embeddings, dict) and isinstance(embeddings.get("loaded"), dict):
+        shown["embedding"] = tuple(sorted(embeddings["loaded"]))
     server = "Forge" if isinstance(modules, list) else (
         "AUTOMATIC1111 v1.9+" if isinstance(schedulers, list) else "AUTOMATIC1111 <1.9 or SD.Next")
     dynamic = None

@@ -71,14 +71,16 @@ def as_json(verdict: Verdict) -> dict[str, Any]:
 def print_verdict(verdict: Verdict) -> None:
     console = Console(highlight=False)
     table = Table(title="backends", title_justify="left")
-    for col in ("backend", "state", "server", "loaded", "checkpoints", "samplers", "LoRAs"):
+    for col in ("backend", "state", "server", "loaded", "checkpoints", "samplers", "schedulers",
+                "LoRAs", "VAEs", "embeddings"):
         table.add_column(col)
     for i in verdict.infos:
         state = "[green]ok[/]" if i.reachable and not i.auth_rejected else (
             "[red]auth rejected[/]" if i.auth_rejected else "[red]down[/]")
         table.add_row(i.label, state, i.server or (i.error[:60] if i.error else "-"),
-                      i.loaded_model or "-", str(len(i.shown.get("checkpoint", ()))),
-                      str(len(i.shown.get("sampler", ()))), str(len(i.shown.get("lora", ()))))
+                      i.loaded_model or "-",
+                      *(str(len(i.shown[k])) if k in i.shown else "-" for k in
+                        ("checkpoint", "sampler", "scheduler", "lora", "vae", "embedding")))
     console.print(table)
     if verdict.findings:
         names = Table(title="names the job uses", title_justify="left")

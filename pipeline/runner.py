@@ -104,6 +104,10 @@ class Run:
             cooldown_s=spec.retry.cooldown_s, cooldown_max_s=spec.retry.cooldown_max_s)
             for b in options.backends}
         self.summary = RunSummary()
+        for backend in options.backends:
+            if not backend.verify_tls and backend.url.startswith("https:"):
+                log.warning("TLS certificate checks are OFF for %s (verify_tls: false): anyone "
+                            "between you and it can read and change the traffic", backend.label)
         self._listeners = list(listeners)
         self._can_serve = can_serve
         self._payload_extras = payload_extras or {}
@@ -205,8 +209,17 @@ class Run:
             streams = {c: expand.variants(self.plan, checkpoint=c, shard=shard)
                        for c in checkpoints}
         share = max(1, self.summary.total // max(1, len(checkpoints)))
-        dispatcher = Dispatcher(streams, counts={c: share for c in checkpoints},
-                                skip=lambda v: v.id in complete, can_serve=self._can_serve)
+        seen: set[int] = set()  # ids as ints: a template like {a|a} can repeat a variant
+
+        def skip(variant: Variant) -> bool:
+            key = int(variant.id, 16)
+            if variant.id in complete or key in seen:
+                return True
+            seen.add(key)
+            return False
+
+        dispatcher = Dispatcher(streams, counts={c: share for c in checkpoints}, skip=skip,
+                                can_serve=self._can_serve)
         dispatcher.backends = self.health
         return dispatcher
 

@@ -145,3 +145,28 @@ def test_real_cli_process_exit_code(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "did you mean 'prompts'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("prompts: [a]\nmatrix: {cfg_scale: [5, 7, 5]}\n", "lists 5 twice"),
+    ("prompts: [a]\nseeds: [1, 2, 1]\n", "seeds lists 1 twice"),
+    ("prompts: [a cat]\nreplace: [[cat, dog, cat]]\n", "'cat' twice"),
+    ("prompts: [a]\nloras: {names: [x, x]}\n", "'x' twice"),
+    ("prompts: [a]\nzip: [{width: [512, 512], height: [768, 768]}]\n", "twice"),
+])
+def test_duplicate_axis_values_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          text: str, expected: str) -> None:
+    assert main(["plan", str(_write(tmp_path, text))]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_template_duplicates_run_once(sim, write_job, tmp_path: Path) -> None:
+    backend = sim()
+    job = write_job(f"""
+backends: [{{url: "{backend.url}"}}]
+defaults: {{width: 64, height: 64}}
+prompts: ["a {{cat|cat|dog}}"]
+seeds: [1]
+""")
+    assert main(["run", str(job), "--out", str(tmp_path / "out"), "--quiet", "--no-fsync"]) == 0
+    assert backend.stats()["requests"] == 2

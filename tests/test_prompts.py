@@ -442,3 +442,16 @@ def test_kohya_bad_lines(line: str, message: str, hint: str) -> None:
     err = caught.value
     assert message in str(err) and err.hint and hint in err.hint
     assert err.path == "sample.txt" and err.where == "line 4"
+
+
+def test_choose_k_spreads_over_a_wildcard(tmp_path):
+    (tmp_path / "style.txt").write_text("grain\nbokeh\nmuted\n")
+    store = WildcardStore(tmp_path)
+    node = parse("{2$$ and $$__style__}")
+    assert count(node, store) == 3
+    assert list(expand(node, store)) == ["grain and bokeh", "grain and muted", "bokeh and muted"]
+    assert count(parse("{2-$$__style__}"), store) == 4
+    drawn = sample(node, random.Random(1), store)
+    assert drawn.count(" and ") == 1
+    with pytest.raises(JobError, match="only 3 option"):
+        count(parse("{4$$__style__}"), store)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from pipeline.prompts.nodes import Alternatives, Literal, Node, Sequence, Wildcard
+from pipeline.prompts.nodes import Alternatives, Literal, Node, Sequence, Wildcard, spread
 from pipeline.prompts.wildcards import WildcardStore
 
 MATERIALIZE_LIMIT = 256
@@ -79,7 +79,8 @@ class _Expander:
         elif isinstance(node, Sequence):
             size = math.prod(self.count(p) for p in node.parts)
         elif isinstance(node, Alternatives):
-            size = choose_count([self.count(o.node) for o in node.options], node.k_min, node.k_max)
+            options, k_min, k_max = spread(node, self.store)
+            size = choose_count([self.count(o.node) for o in options], k_min, k_max)
         else:
             size = sum(self.count(o) for o in self.store.options(node.name))
         self.sizes[key] = size
@@ -97,8 +98,9 @@ class _Expander:
         if isinstance(node, Sequence):
             lazy = _Reiterable(_concat, [self.values(p) for p in node.parts])
         else:
-            options = [self.values(o.node) for o in node.options]
-            lazy = _Reiterable(_choose, options, node.k_min, node.k_max, node.joiner)
+            spread_options, k_min, k_max = spread(node, self.store)
+            options = [self.values(o.node) for o in spread_options]
+            lazy = _Reiterable(_choose, options, k_min, k_max, node.joiner)
         return self._small(lazy, node)
 
     def _small(self, lazy: _Reiterable, node: Node) -> Iterable[str]:

@@ -8,6 +8,7 @@ Nodes are immutable and hashable, so parsed templates can be cached and shared f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +73,20 @@ def wildcard_names(node: Node) -> set[str]:
         elif isinstance(current, Alternatives):
             stack.extend(o.node for o in current.options)
     return found
+
+
+def spread(node: Alternatives, store: Any) -> tuple[tuple[Option, ...], int, int]:
+    """The options, k_min and k_max of a group, with ``{k$$__name__}`` spread over the
+    wildcard's options (``store.options(name)``); k_max -1 means all of them."""
+    only = node.options[0].node if len(node.options) == 1 else None
+    if not isinstance(only, Wildcard) or (node.k_min == node.k_max == 1):
+        return node.options, node.k_min, node.k_max
+    options = tuple(Option(o, 1.0) for o in store.options(only.name))
+    k_max = len(options) if node.k_max == -1 else node.k_max
+    if max(node.k_min, k_max) > len(options):
+        from pipeline.errors import JobError
+
+        raise JobError(f"choose {node.k_min}-{k_max} of __{only.name}__, which has only "
+                       f"{len(options)} option(s)", where=f"__{only.name}__",
+                       hint="lower k or add lines to the wildcard file")
+    return options, node.k_min, k_max

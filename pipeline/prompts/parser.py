@@ -169,6 +169,13 @@ class _Parser:
             raise self.fail("empty '{}'", start, "write {a|} for an optional part, or \\{\\} "
                                                  "for literal braces")
         n = len(options)
+        if spec is not None and n == 1 and isinstance(options[0].node, Wildcard):
+            # {2$$__name__}: choose among the wildcard's options (Dynamic Prompts' spread);
+            # their number is known only once the file is read, so -1 stands for "all".
+            if k_max is not None and k_min > k_max:
+                raise self.fail(f"choose-k range {spec.strip()!r} runs backwards", spec_at,
+                                "write the smaller number first, e.g. {1-2$$__name__}")
+            return Alternatives(tuple(options), k_min, -1 if k_max is None else k_max, joiner)
         if spec is not None:
             if k_max is not None and k_min > k_max:
                 raise self.fail(f"choose-k range {spec.strip()!r} runs backwards", spec_at,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 
 from pipeline.prompts.combinatorial import tidy
-from pipeline.prompts.nodes import Alternatives, Literal, Node, Sequence
+from pipeline.prompts.nodes import Alternatives, Literal, Node, Sequence, spread
 from pipeline.prompts.wildcards import WildcardStore
 
 
@@ -31,9 +31,10 @@ def _draw(node: Node, rng: random.Random, store: WildcardStore) -> str:
     if isinstance(node, Sequence):
         return "".join(_draw(part, rng, store) for part in node.parts)
     if isinstance(node, Alternatives):
-        k = node.k_min if node.k_min == node.k_max else rng.randint(node.k_min, node.k_max)
-        picked = sorted(pick_weighted([o.weight for o in node.options], k, rng))
-        return node.joiner.join(_draw(node.options[i].node, rng, store) for i in picked)
+        options, k_min, k_max = spread(node, store)
+        k = k_min if k_min == k_max else rng.randint(k_min, k_max)
+        picked = sorted(pick_weighted([o.weight for o in options], k, rng))
+        return node.joiner.join(_draw(options[i].node, rng, store) for i in picked)
     options = store.options(node.name)
     return _draw(options[rng.randrange(len(options))], rng, store)
 
