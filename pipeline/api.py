@@ -90,7 +90,8 @@ async def run(job: JobSpec | str | Path, *, out_dir: str | Path | None = None,
                           **options)
         can_serve, verdict = await prepare_run(spec, plan, opts)
         runner = Run(spec, opts, plan=plan, can_serve=can_serve, listeners=listeners,
-                     payload_extras={i.label: payload_extras(i) for i in verdict.infos})
+                     payload_extras={i.label: payload_extras(i) for i in verdict.infos},
+                     sampler_aliases={i.label: i.sampler_aliases for i in verdict.infos})
         return await runner.execute()
 
 

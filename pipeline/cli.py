@@ -252,7 +252,8 @@ async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_
                           f"{', '.join(finding.available_on)}: its variants go there only",
                           file=sys.stderr)
         run = Run(spec, options, plan=plan, can_serve=can_serve,
-                  payload_extras={i.label: payload_extras(i) for i in verdict.infos})
+                  payload_extras={i.label: payload_extras(i) for i in verdict.infos},
+                  sampler_aliases={i.label: i.sampler_aliases for i in verdict.infos})
         reporter = Reporter(run, quiet=args.quiet, interval_s=args.progress_interval_s)
         run.add_listener(reporter)
         loop = asyncio.get_running_loop()

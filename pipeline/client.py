@@ -75,6 +75,7 @@ class BackendClient:
             self._headers["Authorization"] = f"Basic {token}"
         self._ssl: bool | None = None if spec.verify_tls else False
         self.payload_extras: dict[str, Any] = {}
+        self.sampler_aliases: dict[str, str] = {}  # alias (lower case) -> name, from preflight
 
     async def generate(self, variant: Variant) -> Reply:
         """POST the variant and return its checked images; raises ``BackendError``."""
@@ -87,7 +88,7 @@ class BackendClient:
         data = parse_body(body)
         try:
             images, info = split_images(data, variant)
-            model = check_substitution(variant, info)
+            model = check_substitution(variant, info, self.sampler_aliases)
         except BadResponseError as exc:
             exc.backend = self.label
             raise

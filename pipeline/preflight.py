@@ -26,6 +26,7 @@ from pipeline.dispatch import CanServe
 from pipeline.errors import BackendError, HTTPStatusError, PreflightError
 from pipeline.jobspec import BackendSpec, JobSpec
 from pipeline.model import Variant
+from pipeline.response import split_legacy_sampler
 
 EXACT_SCAN_LIMIT = 100_000
 _LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
@@ -45,12 +46,18 @@ class BackendInfo:
     names: dict[str, frozenset[str]] = field(default_factory=dict)
     shown: dict[str, tuple[str, ...]] = field(default_factory=dict)  # display names for hints
     dynamic_prompts: str | None = None  # the script title, when the extension is installed
+    sampler_aliases: dict[str, str] = field(default_factory=dict)  # alias (lower) -> name
 
     def has(self, kind: str, name: str) -> bool:
         accepted = self.names.get(kind)
         if accepted is None:
             return True  # the server has no list for this kind (e.g. no /schedulers): unknowable
-        return name in accepted or name.lower() in accepted
+        if name in accepted or name.lower() in accepted:
+            return True
+        legacy = split_legacy_sampler(name) if kind == "sampler" else None
+        if legacy:  # "DPM++ 2M Karras": the server splits it into sampler + scheduler
+            return self.has("sampler", legacy[0]) and self.has("scheduler", legacy[1])
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +181,11 @@ async def inspect_backend(client: BackendClient) -> BackendInfo:
             if isinstance(title, str) and "dynamic prompts" in title.lower():
                 dynamic = title
                 break
+    aliases = {str(a).lower(): str(s["name"]) for s in samplers or [] if isinstance(s, dict)
+               and s.get("name") for a in s.get("aliases") or [] if isinstance(a, str)}
     return BackendInfo(label, reachable=True, server=server,
                        loaded_model=options.get("sd_model_checkpoint"), names=names,
-                       shown=shown, dynamic_prompts=dynamic)
+                       shown=shown, dynamic_prompts=dynamic, sampler_aliases=aliases)
 
 
 def _basename(path: Any) -> str | None:

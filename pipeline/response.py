@@ -178,25 +178,43 @@ def checkpoint_matches(asked: str, info: dict[str, Any]) -> bool:
     hash_in_title = _HASH_SUFFIX.search(want)
     if hash_in_title and model_hash and str(model_hash).lower() in hash_in_title.group(0).lower():
         return True
-    stem, _ = title_parts(want)
-    return bool(name) and stem.lower() == str(name).lower()
+    if not name:
+        return False
+    # A1111 names a model in a sub-folder "folder_name" (separators become "_").
+    full = _EXT.sub("", _HASH_SUFFIX.sub("", want)).replace("\\", "/").strip("/")
+    spellings = {title_parts(want)[0].lower(), full.replace("/", "_").lower()}
+    return str(name).lower() in spellings
 
 
-def sampler_matches(asked: str, info: dict[str, Any]) -> bool:
+def split_legacy_sampler(name: str) -> tuple[str, str] | None:
+    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``; None when there is no such suffix."""
+    for scheduler in _LEGACY_SCHEDULERS:
+        suffix = " " + scheduler
+        if name.lower().endswith(suffix.lower()) and len(name) > len(suffix):
+            return name[: -len(suffix)], scheduler
+    return None
+
+
+def sampler_matches(asked: str, info: dict[str, Any],
+                    aliases: dict[str, str] | None = None) -> bool:
+    """Is the sampler the server reports the one asked for (by name, alias or legacy name)?"""
     used = info.get("sampler_name")
     if not used:
         return True
-    want, got = asked.strip().lower(), str(used).strip().lower()
-    if want == got:
-        return True
-    for scheduler in _LEGACY_SCHEDULERS:  # "DPM++ 2M Karras" is sampler "DPM++ 2M" + Karras
-        suffix = " " + scheduler.lower()
-        if want.endswith(suffix) and want[: -len(suffix)] == got:
+    got = str(used).strip().lower()
+    candidates = [asked.strip()]
+    legacy = split_legacy_sampler(asked.strip())  # "DPM++ 2M Karras" = "DPM++ 2M" + Karras
+    if legacy:
+        candidates.append(legacy[0])
+    for want in candidates:
+        resolved = (aliases or {}).get(want.lower(), want)
+        if want.lower() == got or resolved.lower() == got:
             return True
     return False
 
 
-def check_substitution(variant: Variant, info: dict[str, Any]) -> str | None:
+def check_substitution(variant: Variant, info: dict[str, Any],
+                       sampler_aliases: dict[str, str] | None = None) -> str | None:
     """What the server used instead of what was asked, as a model label (or raise)."""
     asked_model = variant.checkpoint
     if asked_model and not checkpoint_matches(asked_model, info):
@@ -205,7 +223,7 @@ def check_substitution(variant: Variant, info: dict[str, Any]) -> str | None:
             f"{info.get('sd_model_name')!r} [{info.get('sd_model_hash')}]: it silently "
             "replaces checkpoints it does not have; check the name with 'sdbatch check'")
     asked_sampler = variant.sampler
-    if asked_sampler and not sampler_matches(asked_sampler, info):
+    if asked_sampler and not sampler_matches(asked_sampler, info, sampler_aliases):
         raise SubstitutionError(
             f"asked for sampler {asked_sampler!r} but the server used "
             f"{info.get('sampler_name')!r}: it silently replaces unknown samplers; check the "

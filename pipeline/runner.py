@@ -86,7 +86,8 @@ class Run:
     def __init__(self, spec: JobSpec, options: RunOptions, *,
                  listeners: tuple[Listener, ...] = (), can_serve: CanServe | None = None,
                  plan: expand.Plan | None = None,
-                 payload_extras: dict[str, dict[str, Any]] | None = None) -> None:
+                 payload_extras: dict[str, dict[str, Any]] | None = None,
+                 sampler_aliases: dict[str, dict[str, str]] | None = None) -> None:
         if not options.backends:
             raise SdbatchError("no backends to run on")
         self.spec = spec
@@ -111,6 +112,7 @@ class Run:
         self._listeners = list(listeners)
         self._can_serve = can_serve
         self._payload_extras = payload_extras or {}
+        self._sampler_aliases = sampler_aliases or {}
         self._queue: asyncio.Queue[Any] = asyncio.Queue(WRITE_QUEUE_SIZE)
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -160,6 +162,8 @@ class Run:
                 self.clients = {b.label: BackendClient(session, b) for b in self.options.backends}
                 for label, extras in self._payload_extras.items():
                     self.clients[label].payload_extras = extras
+                for label, aliases in self._sampler_aliases.items():
+                    self.clients[label].sampler_aliases = aliases
                 await self.store.open()
                 try:
                     await self._probe_all()

@@ -144,3 +144,17 @@ seeds: [1, 2]
     assert len(read_manifest(out)) == 48
     loads = sum(b.stats()["checkpoint_loads"] for b in backends)
     assert loads <= 3 + 2, loads
+
+
+def test_legacy_sampler_names_and_aliases_pass_preflight_and_the_check(sim, write_job,
+                                                                        tmp_path: Path) -> None:
+    backend = sim()
+    job = write_job(f"""
+backends: [{{url: "{backend.url}"}}]
+defaults: {{width: 64, height: 64}}
+prompts: ["a cat"]
+matrix: {{sampler_name: ["DPM++ 2M Karras", "k_euler_a"]}}
+""")
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out), "--quiet", "--no-fsync"]) == 0
+    assert sorted(r["sampler"] for r in read_manifest(out)) == ["DPM++ 2M", "Euler a"]

@@ -124,3 +124,19 @@ def test_substitution_is_an_error() -> None:
 ])
 def test_error_shapes(body: bytes, expected: str) -> None:
     assert expected in error_message(body)
+
+
+@pytest.mark.parametrize("asked,info,aliases,ok", [
+    ("k_euler_a", {"sampler_name": "Euler a"}, {"k_euler_a": "Euler a"}, True),
+    ("DPM++ SDE Karras", {"sampler_name": "DPM++ SDE"}, {}, True),
+    ("k_euler_a", {"sampler_name": "DPM++ 2M"}, {"k_euler_a": "Euler a"}, False),
+])
+def test_sampler_aliases(asked: str, info: dict, aliases: dict, ok: bool) -> None:
+    assert sampler_matches(asked, info, aliases) is ok
+
+
+def test_checkpoint_in_a_subfolder() -> None:
+    info = {"sd_model_name": "SDXL_juggernaut", "sd_model_hash": "abcdef1234"}
+    assert checkpoint_matches("SDXL/juggernaut.safetensors", info)
+    assert checkpoint_matches("SDXL/juggernaut.safetensors [abcdef1234]", info)
+    assert not checkpoint_matches("SDXL/other.safetensors", info)
