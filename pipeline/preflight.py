@@ -142,8 +142,9 @@ async def inspect_backend(client: BackendClient) -> BackendInfo:
     paths = ["/sdapi/v1/sd-models", "/sdapi/v1/samplers", "/sdapi/v1/schedulers",
              "/sdapi/v1/loras", "/sdapi/v1/sd-vae", "/sdapi/v1/sd-modules", "/sdapi/v1/scripts",
              "/sdapi/v1/embeddings"]
+    # One at a time: a backend's per-host limit holds for our cheap GETs too.
     models, samplers, schedulers, loras, vaes, modules, scripts, embeddings = \
-        await asyncio.gather(*(listing(p) for p in paths))
+        [await listing(p) for p in paths]
     names: dict[str, frozenset[str]] = {}
     shown: dict[str, tuple[str, ...]] = {}
 
