@@ -340,7 +340,8 @@ class Run:
             if now < health.benched_until:
                 await asyncio.sleep(min(health.benched_until - now, 0.5))
                 continue
-            if health.state == "probing":
+            if health.state == "probing" or health.in_flight:
+                # one probe at a time, and never beside a generation: the probe is a request too
                 await asyncio.sleep(0.05)
                 continue
             health.state = "probing"
