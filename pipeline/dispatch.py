@@ -170,6 +170,13 @@ class Dispatcher:
         return (self._in_flight == 0 and not self._retries
                 and all(s.exhausted and not s.parked for s in self._streams.values()))
 
+    def checkpoints_waiting(self) -> int:
+        """Checkpoints with work left that no backend has loaded: loads still to come."""
+        loaded = {b.loaded_checkpoint for b in self.backends.values()}
+        return sum(1 for s in self._streams.values()
+                   if s.checkpoint is not None and s.checkpoint not in loaded
+                   and (not s.exhausted or s.parked))
+
     @property
     def in_flight(self) -> int:
         return self._in_flight

@@ -55,6 +55,7 @@ class BackendHealth:
     model_label: str | None = None  # what the server reports it has loaded, for display
     target_checkpoint: str | None = None
     checkpoint_loads: int = 0
+    switch_s: float = 0.0  # time spent loading checkpoints, estimated
     in_flight: int = 0
     done: int = 0
     images: int = 0
@@ -74,6 +75,13 @@ class BackendHealth:
         if self.first_done_at is None:
             self.first_done_at = now - elapsed_s
         self.last_done_at = now
+
+    def on_switch(self, checkpoint: str, elapsed_s: float) -> None:
+        """A request that loaded another checkpoint: learn what a load costs, for the ETA."""
+        typical_s = self.busy_s / self.done if self.done else 0.0
+        self.switch_s += max(0.0, elapsed_s - typical_s)
+        self.checkpoint_loads += 1
+        self.loaded_checkpoint = checkpoint
 
     def on_failure(self, now: float, exc: BaseException) -> bool:
         """Record a failure; True when it benched the backend just now."""

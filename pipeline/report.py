@@ -123,8 +123,17 @@ class Reporter:
         return max(0, self._total - s.done - s.failed - skipped)
 
     def eta_s(self) -> float | None:
+        """Remaining variants at the recent rate, plus the checkpoint loads still to come."""
         rate = self.variants_per_s()
-        return self.remaining() / rate if rate > 0 else None
+        if rate <= 0:
+            return None
+        eta = self.remaining() / rate
+        loads = sum(h.checkpoint_loads for h in self.run.health.values())
+        if loads and self.run.dispatcher is not None:
+            per_load_s = sum(h.switch_s for h in self.run.health.values()) / loads
+            backends = max(1, sum(h.state == "ok" for h in self.run.health.values()))
+            eta += self.run.dispatcher.checkpoints_waiting() * per_load_s / backends
+        return eta
 
     def status_line(self) -> str:
         s = self.run.summary

@@ -317,8 +317,7 @@ class Run:
             now = time.monotonic()
             self._last_ok = now
             if variant.checkpoint is not None and variant.checkpoint != health.loaded_checkpoint:
-                health.checkpoint_loads += 1
-                health.loaded_checkpoint = variant.checkpoint
+                health.on_switch(variant.checkpoint, reply.elapsed_s)
             health.model_label = reply.model or health.model_label
             generations = sum(1 for i in reply.images if i.kind == "generation")
             health.on_success(now, generations, reply.elapsed_s)
