@@ -120,7 +120,8 @@ class Reporter:
     def remaining(self) -> int:
         s = self.run.summary
         skipped = self.run.dispatcher.skipped if self.run.dispatcher else self._skipped
-        return max(0, self._total - s.done - s.failed - skipped)
+        # Resumed variants are skipped as the stream reaches them; until then, count them anyway.
+        return max(0, self._total - s.done - s.failed - max(skipped, self._already))
 
     def eta_s(self) -> float | None:
         """Remaining variants at the recent rate, plus the checkpoint loads still to come."""
