@@ -60,18 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Any]:
-    """Subcommands that live in their own modules (grid, check, reproduce, ...)."""
-    found = []
-    for module_name in ("pipeline.preflight_cli", "pipeline.grid.cli", "pipeline.reproduce",
-                        "pipeline.importers_cli"):  # each has add_parser(subparsers)
-        try:
-            module = __import__(module_name, fromlist=["add_parser"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name and not module_name.startswith(str(exc.name)):
-                raise
-            continue
-        found.append(module.add_parser)
-    return found
+    """Subcommands that live beside the code they drive: check, grid, reproduce, import."""
+    from pipeline import importers_cli, preflight_cli, reproduce
+    from pipeline.grid import cli as grid_cli
+
+    return [preflight_cli.add_parser, grid_cli.add_parser, reproduce.add_parser,
+            importers_cli.add_parser]
 
 
 def _add_job_selection(p: argparse.ArgumentParser) -> None:
@@ -126,8 +120,8 @@ def _add_plan(sub: Any) -> None:
     p.add_argument("--per-image-s", type=float, default=None, metavar="S",
                    help="seconds one backend needs per image, for the estimate (default: "
                         "measured from the output directory if it has a manifest, else 2.0)")
-    p.add_argument("--out", metavar="DIR", help="output directory to measure from and to count "
-                   "already-done variants in")
+    p.add_argument("--out", metavar="DIR", help="an output directory whose manifest gives the "
+                   "measured seconds per image (default: the job's output directory)")
     p.set_defaults(func=cmd_plan)
 
 
