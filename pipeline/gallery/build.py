@@ -16,7 +16,10 @@ with ``textContent`` and DOM properties only, and the blob is escaped so it cann
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import orjson
 
 from pipeline.errors import SdbatchError
 from pipeline.gallery import infotext
-from pipeline.gallery.page import render_page
+from pipeline.gallery.page import embed_json, render_page
 from pipeline.grid.labels import axis_title, label_for, ordered, value_key
 from pipeline.grid.render import load_run_job, read_index
 from pipeline.grid.spec import GridSpec
@@ -44,7 +47,9 @@ log = logging.getLogger(__name__)
 
 GALLERY_FILE = "index.html"
 MAX_FILTER_VALUES = 500
-MAX_PARAM_CHARS = 2000  # longer payload values (base64 init images, scripts) are elided
+MAX_PARAM_CHARS = 2000
+MAX_CACHED_INFOTEXTS = 20_000
+_ITEMS_SLOT = "@@sdbatch-items@@"  # longer payload values (base64 init images, scripts) are elided
 _OMITTED = "[omitted: {n} characters]"
 
 
@@ -53,24 +58,32 @@ class GalleryWriter:
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
-        self._infotexts: dict[tuple[str, str], str] = {}
+        self._infotexts: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._job: tuple[str | None, dict[str, dict[str, str]]] | None = None
 
     def write(self) -> Path:
-        """Write ``OUT/index.html`` atomically; returns its path."""
-        html = render_page(self.data())
+        """Write ``OUT/index.html`` atomically; returns its path.
+
+        Streamed: the manifest is read twice (axis values, then items) and each item is encoded
+        and written on its own, so memory does not grow with the number of images.
+        """
         path = self.out_dir / GALLERY_FILE
-        replace_file(path, html.encode("utf-8"), fsync=False)
+        replace_file(path, self._chunks(), fsync=False)
         return path
 
     def data(self) -> dict[str, Any]:
-        """Everything the page shows, as plain JSON-able values."""
+        """Everything the page shows, as plain JSON-able values (for tests and tools)."""
+        head, catalog = self._head()
+        head["items"] = [self._item(pos, r, catalog) for pos, r in enumerate(self._records())]
+        return head
+
+    def _head(self) -> tuple[dict[str, Any], list[_Axis]]:
+        """The page's data without its items, and the filter catalog (one pass, bounded)."""
         name, labels = self._job_info()
-        records = self._records()
         failures = [r for r in read_records(self.out_dir / FAILURES)
                     if isinstance(r.get("id"), str)]
-        catalog = _catalog([r.get("axes") for r in records] + [f.get("axes") for f in failures],
-                           labels)
+        catalog = _catalog(itertools.chain((r.get("axes") for r in self._records()),
+                                           (f.get("axes") for f in failures)), labels)
         run = _read_json(self.out_dir / RUN_FILE)
         return {
             "title": name or self.out_dir.resolve().name,
@@ -79,10 +92,20 @@ class GalleryWriter:
             "updated": now_iso(),
             "axes": [{"name": a.name, "title": axis_title(a.name), "values": list(a.labels)}
                      for a in catalog],
-            "items": [self._item(pos, r, catalog) for pos, r in enumerate(records)],
+            "items": _ITEMS_SLOT,
             "failures": [_failure(f, catalog) for f in failures],
             "grids": [_grid(g) for g in read_index(self.out_dir) if _safe(g.get("file"))],
-        }
+        }, catalog
+
+    def _chunks(self) -> Iterator[bytes]:
+        head, catalog = self._head()
+        page = render_page(head).encode("utf-8")
+        slot = embed_json(_ITEMS_SLOT).encode("utf-8")
+        before, _, after = page.partition(slot)
+        yield before + b"["
+        for pos, record in enumerate(self._records()):
+            yield (b"," if pos else b"") + embed_json(self._item(pos, record, catalog)).encode()
+        yield b"]" + after
 
     # --- pieces ------------------------------------------------------------------------------
 
@@ -101,17 +124,16 @@ class GalleryWriter:
             self._job = (name, labels)
         return self._job
 
-    def _records(self) -> list[dict[str, Any]]:
+    def _records(self) -> Iterator[dict[str, Any]]:
+        """The manifest's records, each (id, image_index) once, streamed."""
         seen: set[tuple[str, int]] = set()
-        out = []
         for record in read_records(self.out_dir / MANIFEST):
             ident, index, file = record.get("id"), record.get("image_index"), record.get("file")
             if not isinstance(ident, str) or not isinstance(index, int) or not _safe(file) \
                     or (ident, index) in seen:
                 continue
             seen.add((ident, index))
-            out.append(record)
-        return out
+            yield record
 
     def _item(self, pos: int, record: dict[str, Any], catalog: list[_Axis]) -> dict[str, Any]:
         axes = record.get("axes") if isinstance(record.get("axes"), dict) else {}
@@ -143,6 +165,8 @@ class GalleryWriter:
                 from_png = infotext.png_parameters(self.out_dir / record["file"])
             cached = from_png or infotext.compose(record)
             self._infotexts[key] = cached
+            if len(self._infotexts) > MAX_CACHED_INFOTEXTS:
+                self._infotexts.popitem(last=False)
         return cached
 
 
@@ -155,16 +179,18 @@ class _Axis:
     position: dict[str, int] = field(hash=False, compare=False)
 
 
-def _catalog(all_axes: list[Any], labels: dict[str, dict[str, str]]) -> list[_Axis]:
+def _catalog(all_axes: Iterable[Any], labels: dict[str, dict[str, str]]) -> list[_Axis]:
     """The axes worth filtering by: 2..MAX_FILTER_VALUES distinct values, in job order."""
-    values: dict[str, list[Any]] = {}
+    values: dict[str, dict[str, Any]] = {}  # distinct values only, and a few past the limit
     for axes in all_axes:
         if isinstance(axes, dict):
             for name, value in axes.items():
-                values.setdefault(str(name), []).append(value)
+                found = values.setdefault(str(name), {})
+                if len(found) <= MAX_FILTER_VALUES:
+                    found.setdefault(value_key(value), value)
     out: list[_Axis] = []
     for name, found in values.items():
-        distinct = ordered(name, found)
+        distinct = ordered(name, found.values())
         if 2 <= len(distinct) <= MAX_FILTER_VALUES:
             out.append(_Axis(name, tuple(label_for(name, v, labels) for v in distinct),
                              {value_key(v): i for i, v in enumerate(distinct)}))

@@ -28,7 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class LiveOutputs:
-    """Re-renders OUT/grids/* and OUT/index.html at most every ``every_s`` seconds."""
+    """Re-renders OUT/grids/* and OUT/index.html at most every ``every_s`` seconds.
+
+    A refresh of a large directory takes real CPU (and the GIL) away from the run, so the
+    interval also grows to ``BUSY_FACTOR`` times the last refresh's duration: previews never
+    take more than about 1/BUSY_FACTOR of the time.
+    """
+
+    BUSY_FACTOR = 20.0
 
     def __init__(self, out_dir: Path, spec: JobSpec | None = None, *, every_s: float = 30.0,
                  gallery: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
@@ -40,13 +47,15 @@ class LiveOutputs:
         self._renderer = GridRenderer(self.out_dir, spec)
         self._gallery = GalleryWriter(self.out_dir) if gallery else None
         self._last_s: float | None = None
+        self._last_took_s = 0.0
         self._lock = threading.Lock()
         self._reported: set[str] = set()
         self.refreshes = 0
 
     def due(self) -> bool:
         """True when the last refresh is at least ``every_s`` old (or there was none)."""
-        return self._last_s is None or self._clock() - self._last_s >= self.every_s
+        interval_s = max(self.every_s, self.BUSY_FACTOR * self._last_took_s)
+        return self._last_s is None or self._clock() - self._last_s >= interval_s
 
     def maybe_refresh(self) -> bool:
         """Refresh if due and no other refresh is running; True when it refreshed."""
@@ -65,6 +74,13 @@ class LiveOutputs:
 
     def _refresh(self) -> list[Path]:
         self._last_s = self._clock()
+        started = time.perf_counter()
+        try:
+            return self._render()
+        finally:
+            self._last_took_s = time.perf_counter() - started
+
+    def _render(self) -> list[Path]:
         self.refreshes += 1
         sheets: list[Path] = []
         try:
