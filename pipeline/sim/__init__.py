@@ -11,10 +11,22 @@ resets, hangs, truncated bodies, interrupted jobs). See ``server.py`` for the ro
     await sim.close()
 """
 
+from typing import Any
+
 from pipeline.sim.cli_args import add_sim_arguments, config_from_args
 from pipeline.sim.config import SimConfig
-from pipeline.sim.server import SimServer, build_app, run_sim, start_sim
-from pipeline.sim.state import SimStats
 
 __all__ = ["SimConfig", "SimServer", "SimStats", "add_sim_arguments", "build_app",
            "config_from_args", "run_sim", "start_sim"]
+
+_LAZY = {"SimServer": "server", "build_app": "server", "run_sim": "server", "start_sim": "server",
+         "SimStats": "state"}
+
+
+def __getattr__(name: str) -> Any:
+    """The server is imported on first use: ``sdbatch run`` against real backends never needs it."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"pipeline.sim.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'pipeline.sim' has no attribute {name!r}")

@@ -11,7 +11,6 @@ UTF-16-BE encoded, as piexif writes it for A1111.
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import math
@@ -22,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import pybase64
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 PNG_COMPRESS_LEVEL = 1
@@ -221,7 +221,7 @@ def exif_with_user_comment(text: str) -> bytes:
 
 
 def encode_b64(image: Image.Image, samples_format: str, infotext: str | None) -> str:
-    return base64.b64encode(encode(image, samples_format, infotext)).decode("ascii")
+    return pybase64.b64encode(encode(image, samples_format, infotext)).decode("ascii")
 
 
 def read_user_comment(data: bytes) -> str | None:
