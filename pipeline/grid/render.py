@@ -128,8 +128,11 @@ class GridRenderer:
 
     def render(self) -> list[Path]:
         """Write every sheet that changed; return the paths of all current sheets."""
-        outcomes = grid_cells.read_outcomes(self.out_dir)
         spec = self.spec
+        if self._grid is None and not self._infer and (spec is None or spec.grid is None):
+            self.last_sheets = []  # no grid asked for: read nothing, hold nothing
+            return []
+        outcomes = grid_cells.read_outcomes(self.out_dir)
         if spec is not None and self._entries is None:
             self._entries = grid_cells.expected_entries(spec)
         entries = self._entries if spec is not None else grid_cells.entries_from_outcomes(outcomes)
