@@ -74,8 +74,8 @@ class Dispatcher:
         now = self._clock()
         variant = self._due_retry(backend, now)
         if variant is None:
-            variant = self._from_stream(backend, backend.loaded_checkpoint)
-        if variant is None and backend.loaded_checkpoint is not None:
+            variant = self._from_stream(backend, _current(backend))
+        if variant is None and _current(backend) is not None:
             variant = self._from_stream(backend, None)
         if variant is None:
             for checkpoint in self._switch_order(backend):
@@ -85,7 +85,8 @@ class Dispatcher:
         if variant is not None:
             self._in_flight += 1
             self.taken += 1
-            backend.target_checkpoint = variant.checkpoint
+            if variant.checkpoint is not None:
+                backend.target_checkpoint = variant.checkpoint
             attempts = self.attempts.setdefault(variant.id, Attempts(first_at=now))
             attempts.count += 1
         return variant
@@ -95,7 +96,7 @@ class Dispatcher:
         for i, (ready_at, _, variant) in enumerate(self._retries):
             if ready_at > now or not self._allowed(backend, variant):
                 continue
-            if variant.checkpoint in (backend.loaded_checkpoint, None):
+            if variant.checkpoint in (_current(backend), None):
                 best = i
                 break
             if best is None:
@@ -147,10 +148,10 @@ class Dispatcher:
         on_it: dict[str | None, int] = {}
         for other in self.backends.values():
             if other is not backend and other.state == "ok":
-                key = other.target_checkpoint or other.loaded_checkpoint
+                key = _current(other)
                 on_it[key] = on_it.get(key, 0) + 1
         live = [s for s in self._streams.values()
-                if (not s.exhausted or s.parked) and s.checkpoint != backend.loaded_checkpoint]
+                if (not s.exhausted or s.parked) and s.checkpoint != _current(backend)]
 
         def work(s: _Stream) -> int:
             return max(s.remaining_hint, 1) + len(s.parked)
@@ -172,7 +173,7 @@ class Dispatcher:
 
     def checkpoints_waiting(self) -> int:
         """Checkpoints with work left that no backend has loaded: loads still to come."""
-        loaded = {b.loaded_checkpoint for b in self.backends.values()}
+        loaded = {_current(b) for b in self.backends.values()}
         return sum(1 for s in self._streams.values()
                    if s.checkpoint is not None and s.checkpoint not in loaded
                    and (not s.exhausted or s.parked))
@@ -230,3 +231,13 @@ class Dispatcher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _current(backend: BackendHealth) -> str | None:
+    """The checkpoint the backend will have loaded once the requests sent to it have run.
+
+    The WebUI runs requests in arrival order, so with more than one in flight the checkpoint
+    of the last one dispatched, not of the last one answered, is what the next one meets.
+    """
+    return backend.target_checkpoint if backend.target_checkpoint is not None \
+        else backend.loaded_checkpoint

@@ -116,3 +116,27 @@ async def test_close_releases_waiting_workers() -> None:
     assert not waiter.done()  # one in flight: the other worker waits for a possible retry
     await dispatcher.close()
     assert await asyncio.wait_for(waiter, 2) is None
+
+
+def test_affinity_holds_with_two_requests_in_flight_per_backend() -> None:
+    # Two workers per backend: the second is dispatched before the first answers, so the
+    # checkpoint it should follow is the one just sent, not the one last reported loaded.
+    checkpoints = [f"ckpt{i}" for i in range(4)]
+    dispatcher = Dispatcher({c: iter(_variants(c, 20)) for c in checkpoints},
+                            counts={c: 20 for c in checkpoints})
+    backends = [BackendHealth(f"b{i}", 2) for i in range(2)]
+    dispatcher.backends = {b.label: b for b in backends}
+    loads = 0
+    sent: dict[str, str | None] = {b.label: None for b in backends}
+    while True:
+        batch = [(b, dispatcher.pick(b)) for b in backends for _ in range(2)]
+        batch = [(b, v) for b, v in batch if v is not None]
+        if not batch:
+            break
+        for backend, variant in batch:  # the server runs them in order of arrival
+            if variant.checkpoint != sent[backend.label]:
+                loads += 1
+                sent[backend.label] = variant.checkpoint
+            backend.loaded_checkpoint = variant.checkpoint
+            dispatcher._in_flight -= 1
+    assert loads <= 4 + 2
