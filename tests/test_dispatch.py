@@ -126,17 +126,23 @@ def test_affinity_holds_with_two_requests_in_flight_per_backend() -> None:
                             counts={c: 20 for c in checkpoints})
     backends = [BackendHealth(f"b{i}", 2) for i in range(2)]
     dispatcher.backends = {b.label: b for b in backends}
-    loads = 0
-    sent: dict[str, str | None] = {b.label: None for b in backends}
+    queues: dict[str, list[Variant]] = {b.label: [] for b in backends}
+    ran_last: dict[str, str | None] = {b.label: None for b in backends}
+    loads = ran = 0
     while True:
-        batch = [(b, dispatcher.pick(b)) for b in backends for _ in range(2)]
-        batch = [(b, v) for b, v in batch if v is not None]
-        if not batch:
+        for backend in backends:  # keep two in flight on every backend
+            while len(queues[backend.label]) < 2 and (v := dispatcher.pick(backend)):
+                queues[backend.label].append(v)
+        if not any(queues.values()):
             break
-        for backend, variant in batch:  # the server runs them in order of arrival
-            if variant.checkpoint != sent[backend.label]:
-                loads += 1
-                sent[backend.label] = variant.checkpoint
-            backend.loaded_checkpoint = variant.checkpoint
-            dispatcher._in_flight -= 1
-    assert loads <= 4 + 2
+        for backend in backends:  # each server finishes its oldest request, in order
+            if queues[backend.label]:
+                variant = queues[backend.label].pop(0)
+                if variant.checkpoint != ran_last[backend.label]:
+                    loads += 1
+                    ran_last[backend.label] = variant.checkpoint
+                backend.loaded_checkpoint = variant.checkpoint
+                dispatcher._in_flight -= 1
+                ran += 1
+    assert ran == 80
+    assert loads <= 4 + 2, loads
