@@ -125,15 +125,12 @@ class GalleryWriter:
         return self._job
 
     def _records(self) -> Iterator[dict[str, Any]]:
-        """The manifest's records, each (id, image_index) once, streamed."""
-        seen: set[tuple[str, int]] = set()
+        """The manifest's usable records, streamed. (id, image_index) is already unique: the
+        store repairs the manifest when a run opens it, so no set of every image is kept."""
         for record in read_records(self.out_dir / MANIFEST):
             ident, index, file = record.get("id"), record.get("image_index"), record.get("file")
-            if not isinstance(ident, str) or not isinstance(index, int) or not _safe(file) \
-                    or (ident, index) in seen:
-                continue
-            seen.add((ident, index))
-            yield record
+            if isinstance(ident, str) and isinstance(index, int) and _safe(file):
+                yield record
 
     def _item(self, pos: int, record: dict[str, Any], catalog: list[_Axis]) -> dict[str, Any]:
         axes = record.get("axes") if isinstance(record.get("axes"), dict) else {}
