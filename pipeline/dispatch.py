@@ -182,10 +182,6 @@ class Dispatcher:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @property
-    def pending_retries(self) -> int:
-        return len(self._retries)
-
     async def take(self, backend: BackendHealth) -> Variant | None:
         """Wait for the next variant for ``backend``; None when the run has no more work for it."""
         async with self._changed:

@@ -12,7 +12,6 @@ back to the shared pool and any healthy backend may take it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -160,6 +159,3 @@ class RetryPolicy:
             return None
         return float(self._retrying.wait(state))
 
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -96,6 +96,11 @@ class ResumeState:
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """Every well-formed record of a JSONL file; a torn or garbled line is skipped."""
+    return (record for record in _scan_lines(path) if record is not None)
+
+
+def _scan_lines(path: Path) -> Iterator[dict[str, Any] | None]:
+    """One item per line of a JSONL file: its record, or None for a torn or garbled line."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -103,13 +108,13 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
     with handle:
         for line in handle:
             if not line.endswith(b"\n"):
-                return  # a torn last line from a killed run
+                yield None  # a torn last line from a killed run
+                return
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
+                record = None
+            yield record if isinstance(record, dict) else None
 
 
 class OutputStore:
@@ -148,44 +153,35 @@ class OutputStore:
             return state
         counts: dict[str, int] = {}
         expected: dict[str, int] = {}
-        seen: set[tuple[str, int]] = set()
-        kept = 0
+        valid: set[tuple[str, int]] = set()  # first record of each key, its file present
         total_lines = 0
-        with path.open("rb") as handle:
-            for line in handle:
-                total_lines += 1
-        for record in read_records(path):
-            ident, index = record.get("id"), record.get("image_index")
-            if not isinstance(ident, str) or not isinstance(index, int) or (ident, index) in seen:
+        for record in _scan_lines(path):  # pass 1: what is complete (one stat per image)
+            total_lines += 1
+            if record is None:
                 continue
-            seen.add((ident, index))
+            ident, index = record.get("id"), record.get("image_index")
+            if not isinstance(ident, str) or not isinstance(index, int) or (ident, index) in valid:
+                continue
             if record.get("kind", "generation") != "generation":
+                valid.add((ident, index))
                 continue
             file = record.get("file")
-            if not isinstance(file, str) or not inside(str(self.root), file) \
-                    or not (self.root / file).is_file():
+            if not isinstance(file, str) or not inside(file) or not (self.root / file).is_file():
                 continue
+            valid.add((ident, index))
             counts[ident] = counts.get(ident, 0) + 1
             expected[ident] = int(record.get("images_expected", 1))
         state.complete = {i for i, n in counts.items() if n >= expected[i]}
         drop = set(counts) - state.complete
-        rewrite = bool(drop)
         lines: list[bytes] = []
-        seen.clear()
-        for record in read_records(path):
-            ident, index = record.get("id"), record.get("image_index")
-            if ident not in state.complete or (ident, index) in seen:
-                rewrite = True
-                continue
-            if record.get("kind", "generation") == "generation" and not (
-                    self.root / str(record.get("file"))).is_file():
-                rewrite = True
-                continue
-            seen.add((ident, index))
-            lines.append(orjson.dumps(record, option=_DUMP) + b"\n")
-            kept += 1
+        for record in read_records(path):  # pass 2: keep each valid key of complete variants
+            key = (record.get("id"), record.get("image_index"))
+            if key in valid and key[0] in state.complete:
+                valid.discard(key)  # so a repeated line is not kept twice
+                lines.append(orjson.dumps(record, option=_DUMP) + b"\n")
+        kept = len(lines)
         state.images = kept
-        if rewrite or kept != total_lines:
+        if kept != total_lines:
             state.repaired_lines = total_lines - kept
             state.dropped_partial = len(drop)
             replace_file(path, lines)

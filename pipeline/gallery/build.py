@@ -217,7 +217,7 @@ def _grid(sheet: dict[str, Any]) -> dict[str, Any]:
 
 def _safe(file: Any) -> bool:
     """A relative path inside the directory: no scheme, no absolute path, no ``..``."""
-    return isinstance(file, str) and bool(file) and inside("", file) and ":" not in file \
+    return isinstance(file, str) and bool(file) and inside(file) and ":" not in file \
         and "\\" not in file
 
 

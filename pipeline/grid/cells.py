@@ -113,7 +113,7 @@ def read_outcomes(out_dir: Path) -> Outcomes:
         ident, index, file = record.get("id"), record.get("image_index"), record.get("file")
         if (not isinstance(ident, str) or not isinstance(index, int) or not isinstance(file, str)
                 or record.get("kind", "generation") != "generation"
-                or not inside(str(out_dir), file)):
+                or not inside(file)):
             continue
         current = done.get(ident)
         if (current is None or index < current["image_index"]) and (out_dir / file).is_file():

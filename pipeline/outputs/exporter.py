@@ -47,7 +47,7 @@ def is_dataset_record(record: Record, out_dir: Path) -> bool:
     """A generation whose file name is a relative path inside the output directory."""
     file = record.get("file")
     return (record.get("kind", "generation") == "generation" and isinstance(file, str)
-            and bool(file) and inside(str(out_dir), file))
+            and bool(file) and inside(file))
 
 
 def dataset_records(out_dir: Path) -> Iterator[Record]:
