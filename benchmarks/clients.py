@@ -78,7 +78,7 @@ async def run_sdbatch(spec: dict[str, Any]) -> dict[str, Any]:
         VariantRetrying,
         VariantWritten,
     )
-    from pipeline.jobspec import BackendSpec
+    from pipeline.job.schema import BackendSpec
 
     job = api.job_from_dict(spec["job"])
     backends = [BackendSpec(url=u, concurrency=spec.get("concurrency", 1),

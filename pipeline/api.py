@@ -31,10 +31,10 @@ import orjson
 
 from pipeline import expand
 from pipeline.events import Event, Listener, VariantFailed, VariantWritten
-from pipeline.job import load_job, parse_job
-from pipeline.jobspec import BackendSpec, JobSpec
-from pipeline.preflight import payload_extras, prepare_run
-from pipeline.runner import Run, RunOptions, RunSummary
+from pipeline.job.load import load_job, parse_job
+from pipeline.job.schema import BackendSpec, JobSpec
+from pipeline.backends.preflight import payload_extras, prepare_run
+from pipeline.run.runner import Run, RunOptions, RunSummary
 
 __all__ = ["Result", "load_job", "job_from_dict", "generate", "run", "backends_or_sim"]
 

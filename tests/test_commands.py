@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from pipeline import expand
-from pipeline.cli import build_parser, main
-from pipeline.job import load_job
+from pipeline.cli.main import build_parser, main
+from pipeline.job.load import load_job
 from tests.conftest import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent

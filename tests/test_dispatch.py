@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from pipeline.dispatch import Dispatcher
-from pipeline.health import BackendHealth
+from pipeline.schedule.dispatch import Dispatcher
+from pipeline.schedule.health import BackendHealth
 from pipeline.model import Variant
 
 

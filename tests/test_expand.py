@@ -10,8 +10,8 @@ import pytest
 
 from pipeline import expand
 from pipeline.errors import JobError
-from pipeline.job import parse_job
-from pipeline.jobspec import parse_range
+from pipeline.job.load import parse_job
+from pipeline.job.schema import parse_range
 
 
 def _plan(text: str, base_dir: Path | str = ".") -> expand.Plan:

@@ -26,9 +26,9 @@ from pipeline.grid.draw import ABSENT_FILL, FAILED_FILL, CellView, draw_sheet, f
 from pipeline.grid.layout import (ABS_MIN_CELL_PX, MAX_SIDE_PX, GridShape, plan_sheets,
                                   wrap_text)
 from pipeline.grid.render import GRIDS_DIR, INDEX_FILE, GridRenderer
-from pipeline.job import parse_job
+from pipeline.job.load import parse_job
 from pipeline.model import Variant
-from pipeline.runner import public_job
+from pipeline.run.runner import public_job
 
 LORA_JOB = """
 name: lora test
@@ -446,7 +446,7 @@ def test_huge_grids_split_into_parts_on_disk(tmp_path: Path) -> None:
 # --- the command line and the live refresher -----------------------------------------------------
 
 def run_cli(*argv: str) -> int:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     return main(list(argv))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 # (name, job text or bytes, substrings the message must contain)
 CASES: list[tuple[str, str | bytes, list[str]]] = [

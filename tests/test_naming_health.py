@@ -6,9 +6,11 @@ import pytest
 
 from pipeline.errors import (BadResponseError, HTTPStatusError, JobError, SubstitutionError,
                              TransportError)
-from pipeline.health import Attempts, BackendHealth, RetryPolicy, is_variant_fault
-from pipeline.jobspec import RetrySpec
-from pipeline.naming import Namer, inside, slugify
+from pipeline.schedule.health import BackendHealth, is_variant_fault
+from pipeline.schedule.retry import Attempts, RetryPolicy
+from pipeline.job.schema import RetrySpec
+from pipeline.job.naming import Namer, slugify
+from pipeline.output.layout import inside
 
 
 @pytest.mark.parametrize("text", ["../../etc/passwd", "/abs/path", "a\x00b", "CON", "nul.txt",

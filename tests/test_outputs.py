@@ -23,15 +23,15 @@ from PIL import ExifTags, PngImagePlugin
 
 from pipeline import expand
 from pipeline.errors import JobError
-from pipeline.job import load_job, parse_job
-from pipeline.jobspec import ConvertSpec, JobSpec
+from pipeline.job.load import load_job, parse_job
+from pipeline.job.schema import ConvertSpec, JobSpec
 from pipeline.model import Image
-from pipeline.naming import Namer
+from pipeline.job.naming import Namer
 from pipeline.outputs import build_exporters
 from pipeline.outputs.captions import clean_prompt
 from pipeline.outputs.convert import (UNICODE_PREFIX, convert_for_write, convert_image,
                                       decode_user_comment, read_infotext)
-from pipeline.store import MANIFEST
+from pipeline.output.layout import MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
 

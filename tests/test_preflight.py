@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.job import load_job
-from pipeline.runner import Run, RunOptions
+from pipeline.cli.main import main
+from pipeline.job.load import load_job
+from pipeline.run.runner import Run, RunOptions
 from tests.conftest import read_manifest
 
 MODELS_AB = "v1-5-pruned-emaonly.safetensors", "dreamshaper_8.safetensors"

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from PIL import Image as PILImage
 
-from pipeline.client import error_message
+from pipeline.backends.webui.client import error_message
 from pipeline.errors import BadResponseError, SubstitutionError
 from pipeline.model import Variant
-from pipeline.response import (check_substitution, checkpoint_matches, sampler_matches,
+from pipeline.backends.webui.response import (check_substitution, checkpoint_matches, sampler_matches,
                                sniff_format, split_images)
 
 

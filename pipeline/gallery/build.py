@@ -33,15 +33,9 @@ from pipeline.gallery.page import embed_json, render_page
 from pipeline.grid.labels import axis_title, label_for, ordered, value_key
 from pipeline.grid.render import load_run_job, read_index
 from pipeline.grid.spec import GridSpec
-from pipeline.naming import inside
-from pipeline.store import (
-    FAILURES,
-    MANIFEST,
-    RUN_FILE,
-    now_iso,
-    read_records,
-    replace_file,
-)
+from pipeline.output.atomic import replace_file
+from pipeline.output.layout import FAILURES, MANIFEST, RUN_FILE, inside, now_iso
+from pipeline.output.resume import read_records
 
 log = logging.getLogger(__name__)
 

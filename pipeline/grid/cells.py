@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pipeline.errors import UsageError
 from pipeline.grid.labels import is_baseline, ordered, value_key
 from pipeline.grid.spec import GridSpec, canonical
-from pipeline.naming import inside
-from pipeline.store import FAILURES, MANIFEST, read_records
+from pipeline.output.layout import inside
+from pipeline.output.layout import FAILURES, MANIFEST
+from pipeline.output.resume import read_records
 
 if TYPE_CHECKING:
-    from pipeline.jobspec import JobSpec
+    from pipeline.job.schema import JobSpec
 
 log = logging.getLogger(__name__)
 

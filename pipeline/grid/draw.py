@@ -17,7 +17,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pipeline.grid.layout import Box, SheetLayout, wrap_text
-from pipeline.store import TMP_PREFIX, output_error
+from pipeline.output.layout import TMP_PREFIX
+from pipeline.output.atomic import output_error
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pipeline.errors import SdbatchError
 from pipeline.grid.render import GridRenderer
 
 if TYPE_CHECKING:
-    from pipeline.jobspec import JobSpec
+    from pipeline.job.schema import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,12 @@ from pipeline.grid.draw import EXTENSIONS, CellView, draw_sheet, font_for, save_
 from pipeline.grid.labels import axis_title, described_label, label_for
 from pipeline.grid.layout import MAX_SIDE_PX, GridShape, SheetLayout, plan_sheets
 from pipeline.grid.spec import GridSpec, canonical, job_axes
-from pipeline.naming import slugify
-from pipeline.store import JOB_COPY, RUN_FILE, TMP_PREFIX, now_iso, output_error
+from pipeline.job.naming import slugify
+from pipeline.output.layout import JOB_COPY, RUN_FILE, TMP_PREFIX, now_iso
+from pipeline.output.atomic import output_error
 
 if TYPE_CHECKING:
-    from pipeline.jobspec import JobSpec
+    from pipeline.job.schema import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class SheetInfo:
 
 def load_run_job(out_dir: Path) -> JobSpec | None:
     """The job an output directory was made with (``job.json``), or None when it has none."""
-    from pipeline.job import parse_job
+    from pipeline.job.load import parse_job
 
     path = out_dir / JOB_COPY
     try:

@@ -15,7 +15,7 @@
 Axis names are checked against the job's own axes at load time (``GridSpec.from_job``), with a
 did-you-mean; friendly aliases (``checkpoint``, ``model``, ``cfg``, ``sampler``, ``weight``)
 resolve to the axis the job actually has. This module imports nothing from the job schema at
-import time, so ``pipeline.jobspec`` may import it.
+import time, so ``pipeline.job.schema`` may import it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import JobError
 
 if TYPE_CHECKING:
-    from pipeline.jobspec import JobSpec
+    from pipeline.job.schema import JobSpec
 
 CHECKPOINT_KEY = "override_settings.sd_model_checkpoint"
 # Names a user may write for an axis the job spells differently (values: the canonical key).
@@ -159,7 +159,7 @@ def job_axes(spec: JobSpec) -> dict[str, str]:
     Pure: read from the spec, nothing expanded. Zip groups are also offered whole, named by
     their keys joined with ``+`` (``width+height``).
     """
-    from pipeline.expand import MATRIX_ALIASES
+    from pipeline.job.fields import MATRIX_ALIASES
 
     axes: dict[str, str] = {"prompt": "prompt", "template": "template"}
     for values in spec.replace:
@@ -179,7 +179,7 @@ def job_axes(spec: JobSpec) -> dict[str, str]:
 
 def canonical(name: str) -> str:
     """The payload key an axis name stands for (aliases folded)."""
-    from pipeline.expand import MATRIX_ALIASES
+    from pipeline.job.fields import MATRIX_ALIASES
 
     name = FRIENDLY_ALIASES.get(name, name)
     return MATRIX_ALIASES.get(name, name)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline import expand
 from pipeline.errors import JobError
-from pipeline.jobspec import JobSpec
+from pipeline.job.schema import JobSpec
 from pipeline.outputs.captions import CaptionExporter, CaptionTemplate
 from pipeline.outputs.columns import Column, ColumnSet
 from pipeline.outputs.csvfile import CsvExporter

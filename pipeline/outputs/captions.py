@@ -29,7 +29,8 @@ from pipeline.outputs.exporter import (
     dataset_records,
     is_dataset_record,
 )
-from pipeline.store import TMP_PREFIX, replace_file
+from pipeline.output.layout import TMP_PREFIX
+from pipeline.output.atomic import replace_file
 
 log = logging.getLogger(__name__)
 

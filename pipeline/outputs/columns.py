@@ -26,9 +26,10 @@ from typing import Any
 
 import orjson
 
-from pipeline.expand import MATRIX_ALIASES, Axis, Plan
-from pipeline.fields import TXT2IMG_FIELDS
-from pipeline.jobspec import JobSpec
+from pipeline.expand.plan import Axis, Plan
+from pipeline.job.fields import MATRIX_ALIASES
+from pipeline.job.fields import TXT2IMG_FIELDS
+from pipeline.job.schema import JobSpec
 
 Record = dict[str, Any]
 Getter = Callable[[Record], Any]

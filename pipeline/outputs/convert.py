@@ -27,7 +27,7 @@ import struct
 import PIL.Image
 from PIL import ExifTags, PngImagePlugin, UnidentifiedImageError
 
-from pipeline.jobspec import ConvertSpec
+from pipeline.job.schema import ConvertSpec
 from pipeline.model import Image
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pipeline.outputs.exporter import (
     is_dataset_record,
     needs_header,
 )
-from pipeline.store import replace_file
+from pipeline.output.atomic import replace_file
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.naming import inside
-from pipeline.store import MANIFEST, output_error, read_records
+from pipeline.output.layout import inside
+from pipeline.output.layout import MANIFEST
+from pipeline.output.atomic import output_error
+from pipeline.output.resume import read_records
 
 Record = dict[str, Any]
 

@@ -33,7 +33,7 @@ from pipeline.outputs.exporter import (
     dataset_records,
     is_dataset_record,
 )
-from pipeline.store import replace_file
+from pipeline.output.atomic import replace_file
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from pipeline import expand
-from pipeline.jobspec import BackendSpec, JobSpec
-from pipeline.report import format_duration
-from pipeline.store import MANIFEST, read_records
+from pipeline.job.schema import BackendSpec, JobSpec
+from pipeline.run.report import format_duration
+from pipeline.output.layout import MANIFEST
+from pipeline.output.resume import read_records
 
 DEFAULT_PER_IMAGE_S = 2.0
 EXACT_SHARD_LIMIT = 200_000

@@ -19,10 +19,10 @@ import orjson
 
 from pipeline.errors import (BadResponseError, HTTPStatusError, RequestTimeout,
                              TransportError)
-from pipeline.inputs import encode_refs
-from pipeline.jobspec import BackendSpec
+from pipeline.expand.inputs import encode_refs
+from pipeline.job.schema import BackendSpec
 from pipeline.model import Image, Variant
-from pipeline.response import check_substitution, parse_body, split_images
+from pipeline.backends.webui.response import check_substitution, parse_body, split_images
 
 log = logging.getLogger(__name__)
 

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Any]:
     """Subcommands that live beside the code they drive: check, grid, reproduce, import."""
-    from pipeline import importers_cli, preflight_cli, reproduce
-    from pipeline.grid import cli as grid_cli
+    from pipeline.cli import check as preflight_cli, importers as importers_cli, reproduce
+    from pipeline.cli import grid as grid_cli
 
     return [preflight_cli.add_parser, grid_cli.add_parser, reproduce.add_parser,
             importers_cli.add_parser]
@@ -156,7 +156,7 @@ def resolve_backends(spec: Any, urls: list[str], concurrency: int | None,
                      subpath: str = "") -> list[Any]:
     from pydantic import ValidationError
 
-    from pipeline.jobspec import BackendSpec
+    from pipeline.job.schema import BackendSpec
 
     if concurrency is not None and concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
@@ -188,7 +188,7 @@ def default_out_dir(spec: Any, job_path: str, out: str | None) -> Path:
         return Path(out)
     if spec.output:
         return Path(spec.output)
-    from pipeline.naming import slugify
+    from pipeline.job.naming import slugify
 
     return Path("out") / slugify(spec.name or Path(job_path).stem)
 
@@ -198,7 +198,7 @@ def _resume_command(argv: list[str]) -> str:
 
 
 def _redact(arg: str) -> str:
-    from pipeline.jobspec import BackendSpec
+    from pipeline.job.schema import BackendSpec
 
     if "@" in arg and "://" in arg:
         try:
@@ -211,7 +211,7 @@ def _redact(arg: str) -> str:
 # --- commands ----------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.job import load_job
+    from pipeline.job.load import load_job
 
     from pipeline.expand import build_plan
 
@@ -226,9 +226,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_dir: Path,
                      args: argparse.Namespace) -> int:
     from pipeline.api import backends_or_sim
-    from pipeline.preflight import payload_extras, prepare_run
-    from pipeline.report import Reporter
-    from pipeline.runner import Run, RunOptions
+    from pipeline.backends.preflight import payload_extras, prepare_run
+    from pipeline.run.report import Reporter
+    from pipeline.run.runner import Run, RunOptions
 
     async with backends_or_sim(backends, sim_latency_s=args.sim_latency_s) as (backends, sim_url):
         if sim_url and not args.quiet:
@@ -273,8 +273,8 @@ async def _run_async(spec: Any, plan: Any, backends: list[Any], shard: Any, out_
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.job import load_job
-    from pipeline.plan import plan_report
+    from pipeline.job.load import load_job
+    from pipeline.cli.plan import plan_report
 
     spec = load_job(args.job)
     backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)

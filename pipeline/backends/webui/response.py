@@ -21,24 +21,8 @@ import orjson
 import pybase64
 
 from pipeline.errors import BadResponseError, SubstitutionError
+from pipeline.imagebytes import sniff_format
 from pipeline.model import Image, Variant
-
-
-def sniff_format(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
-        return "avif"
-    return None
-
-
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "gif": "gif", "avif": "avif"}
 
 
 def decode_image(b64: Any, *, where: str) -> bytes:

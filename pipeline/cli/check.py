@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import expand
-from pipeline.preflight import Verdict, inspect_all, job_requirements, judge
+from pipeline.backends.preflight import Verdict, inspect_all, job_requirements, judge
 
 
 def add_parser(sub: Any) -> None:
-    from pipeline.cli import _add_job_selection
+    from pipeline.cli.main import _add_job_selection
 
     p = sub.add_parser("check", help="preflight: are the backends up, and do they have every "
                        "checkpoint, sampler, scheduler, LoRA and VAE the job names?",
@@ -31,9 +31,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.cli import resolve_backends
+    from pipeline.cli.main import resolve_backends
     from pipeline.errors import UsageError
-    from pipeline.job import load_job
+    from pipeline.job.load import load_job
 
     spec = load_job(args.job)
     backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)

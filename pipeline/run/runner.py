@@ -26,22 +26,24 @@ import aiohttp
 
 from pipeline import __version__
 from pipeline import expand
-from pipeline.client import BackendClient
-from pipeline.dispatch import CanServe, Dispatcher
+from pipeline.backends.webui.client import BackendClient
+from pipeline.schedule.dispatch import CanServe, Dispatcher
 from pipeline.errors import (BackendError, OutputError, RequestTimeout, SdbatchError,
                              SubstitutionError, TransportError)
 from pipeline.events import (BackendChanged, Event, Listener, RunFinished, RunStarted,
                              Stopping, VariantFailed, VariantRetrying, VariantSkipped,
                              VariantWritten)
 from pipeline.grid import LiveOutputs
-from pipeline.health import BackendHealth, RetryPolicy
-from pipeline.jobspec import BackendSpec, ConvertSpec, JobSpec
+from pipeline.schedule.health import BackendHealth
+from pipeline.schedule.retry import RetryPolicy
+from pipeline.job.schema import BackendSpec, ConvertSpec, JobSpec
 from pipeline.model import Failed, Generated, Variant
-from pipeline.naming import Namer
+from pipeline.job.naming import Namer
 from pipeline.outputs import build_exporters
 from pipeline.outputs.convert import convert_for_write
-from pipeline.response import checkpoint_matches, title_parts
-from pipeline.store import JOB_COPY, RUN_FILE, OutputStore, now_iso
+from pipeline.backends.webui.response import checkpoint_matches, title_parts
+from pipeline.output.layout import JOB_COPY, RUN_FILE, now_iso
+from pipeline.output.store import OutputStore
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.health import Attempts, BackendHealth
+from pipeline.schedule.health import BackendHealth
+from pipeline.schedule.retry import Attempts
 from pipeline.model import Variant
 
 CanServe = Callable[[str, Variant], bool]

@@ -84,10 +84,3 @@ class Namer:
 class _Missing(dict):
     def __missing__(self, key: str) -> str:
         return "none"
-
-
-def inside(relative: str) -> bool:
-    """True when the relative path ``relative`` cannot leave the directory it is relative to
-    (not absolute, no ``..`` part, no NUL). String checks only: it runs once per record."""
-    return (not relative.startswith("/") and "\x00" not in relative
-            and ".." not in relative.split("/"))

@@ -23,7 +23,7 @@ from pipeline.events import (BackendChanged, Event, RunFinished, RunStarted, Sto
                              VariantFailed, VariantRetrying, VariantSkipped, VariantWritten)
 
 if TYPE_CHECKING:
-    from pipeline.runner import Run
+    from pipeline.run.runner import Run
 
 RATE_WINDOW_S = 60.0
 

@@ -1,6 +1,6 @@
 """The job file schema: pydantic models at the trust boundary.
 
-Everything a job file may say is declared here; ``pipeline.job`` reads the file, maps errors to
+Everything a job file may say is declared here; ``pipeline.job.load`` reads the file, maps errors to
 ``JobError`` with file and line, and hands back a validated ``JobSpec``.
 """
 

@@ -21,12 +21,12 @@ from typing import Any
 import aiohttp
 
 from pipeline import expand
-from pipeline.client import BackendClient
-from pipeline.dispatch import CanServe
+from pipeline.backends.webui.client import BackendClient
+from pipeline.schedule.dispatch import CanServe
 from pipeline.errors import BackendError, HTTPStatusError, PreflightError
-from pipeline.jobspec import BackendSpec, JobSpec
+from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.model import Variant
-from pipeline.response import split_legacy_sampler
+from pipeline.backends.webui.response import split_legacy_sampler
 
 EXACT_SCAN_LIMIT = 100_000
 _LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::[^>]*)?>", re.IGNORECASE)

@@ -1,120 +1,30 @@
-"""The output directory: crash-safe writes, the manifest, and what a resumed run may skip.
-
-Layout::
-
-    OUT/images/<name>.<ext>      image bytes exactly as the backend sent them
-    OUT/images/<name>.json       sidecar: the image's manifest record
-    OUT/manifest.jsonl           one record per saved image, appended after the files exist
-    OUT/failures.jsonl           one record per variant that failed for good in the last run
-    OUT/run.json                 job hash, sdbatch version, start/end, counts, status
-    OUT/job.json                 the job as run, without credentials (for grid/reproduce)
+"""The writer's side of the output directory: image files, sidecars, manifest and failure lines.
 
 Write order for a variant: each image to ``.tmp-*`` then rename; each sidecar the same way; then
 all its manifest lines in one append. Only then is the variant done. A kill at any point leaves
 either no manifest line (the variant is redone, the same names are overwritten) or a partial last
-line (dropped and repaired on the next open). Records of a variant with fewer lines than images
-are dropped on open, so ``(id, image_index)`` never appears twice.
+line (dropped and repaired on the next open, see ``resume``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import hashlib
 import logging
-import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import aiofiles
-import aiofiles.os
 import orjson
 
-from pipeline.errors import OutputError
+from pipeline.imagebytes import EXTENSIONS
+from pipeline.job.naming import Namer
 from pipeline.model import Failed, Generated
-from pipeline.naming import Namer, inside
-from pipeline.response import EXTENSIONS
+from pipeline.output.atomic import output_error, replace_file
+from pipeline.output.layout import FAILURES, IMAGES_DIR, MANIFEST, RUN_FILE, TMP_PREFIX, now_iso
+from pipeline.output.resume import DUMP as _DUMP, ResumeState, repair_manifest
 
 log = logging.getLogger(__name__)
-
-TMP_PREFIX = ".tmp-"
-MANIFEST = "manifest.jsonl"
-FAILURES = "failures.jsonl"
-RUN_FILE = "run.json"
-JOB_COPY = "job.json"
-_DUMP = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def output_error(exc: OSError, path: Path | str) -> OutputError:
-    reason = exc.strerror or str(exc)
-    hint = {errno.ENOSPC: "free some disk space",
-            errno.EACCES: "fix the permissions",
-            errno.EPERM: "fix the permissions",
-            errno.EROFS: "choose a writable --out"}.get(exc.errno or 0, "check the path")
-    return OutputError(f"cannot write {path}: {reason}. {hint.capitalize()}, then rerun the same "
-                       "command: finished images are kept and the run resumes")
-
-
-def replace_file(path: Path, chunks: bytes | Iterable[bytes], *, fsync: bool = True) -> None:
-    """Write ``path`` atomically: a ``.tmp-`` name beside it, (fsync,) rename over it.
-
-    A failure leaves the old file (if any) and no temporary file; it raises ``OutputError``.
-    """
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as handle:
-            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
-                handle.write(chunk)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise output_error(exc, path) from None
-
-
-@dataclass(slots=True)
-class ResumeState:
-    """What the output directory already holds, read once at start."""
-
-    complete: set[str] = field(default_factory=set)
-    images: int = 0
-    repaired_lines: int = 0
-    dropped_partial: int = 0
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every well-formed record of a JSONL file; a torn or garbled line is skipped."""
-    return (record for record in _scan_lines(path) if record is not None)
-
-
-def _scan_lines(path: Path) -> Iterator[dict[str, Any] | None]:
-    """One item per line of a JSONL file: its record, or None for a torn or garbled line."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for line in handle:
-            if not line.endswith(b"\n"):
-                yield None  # a torn last line from a killed run
-                return
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                record = None
-            yield record if isinstance(record, dict) else None
 
 
 class OutputStore:
@@ -122,7 +32,7 @@ class OutputStore:
 
     def __init__(self, root: Path, *, namer: Namer | None = None, fsync: bool = True) -> None:
         self.root = root
-        self.images_dir = root / "images"
+        self.images_dir = root / IMAGES_DIR
         self.namer = namer or Namer()
         self.fsync = fsync
         self.resume = ResumeState()
@@ -143,51 +53,8 @@ class OutputStore:
         for folder in (self.root, self.images_dir):
             for tmp in folder.rglob(f"{TMP_PREFIX}*"):
                 tmp.unlink(missing_ok=True)
-        self.resume = self._repair_manifest()
+        self.resume = repair_manifest(self.root)
         return self.resume
-
-    def _repair_manifest(self) -> ResumeState:
-        path = self.root / MANIFEST
-        state = ResumeState()
-        if not path.exists():
-            return state
-        counts: dict[str, int] = {}
-        expected: dict[str, int] = {}
-        valid: set[tuple[str, int]] = set()  # first record of each key, its file present
-        total_lines = 0
-        for record in _scan_lines(path):  # pass 1: what is complete (one stat per image)
-            total_lines += 1
-            if record is None:
-                continue
-            ident, index = record.get("id"), record.get("image_index")
-            if not isinstance(ident, str) or not isinstance(index, int) or (ident, index) in valid:
-                continue
-            if record.get("kind", "generation") != "generation":
-                valid.add((ident, index))
-                continue
-            file = record.get("file")
-            if not isinstance(file, str) or not inside(file) or not (self.root / file).is_file():
-                continue
-            valid.add((ident, index))
-            counts[ident] = counts.get(ident, 0) + 1
-            expected[ident] = int(record.get("images_expected", 1))
-        state.complete = {i for i, n in counts.items() if n >= expected[i]}
-        drop = set(counts) - state.complete
-        lines: list[bytes] = []
-        for record in read_records(path):  # pass 2: keep each valid key of complete variants
-            key = (record.get("id"), record.get("image_index"))
-            if key in valid and key[0] in state.complete:
-                valid.discard(key)  # so a repeated line is not kept twice
-                lines.append(orjson.dumps(record, option=_DUMP) + b"\n")
-        kept = len(lines)
-        state.images = kept
-        if kept != total_lines:
-            state.repaired_lines = total_lines - kept
-            state.dropped_partial = len(drop)
-            replace_file(path, lines)
-            log.info("repaired %s: dropped %d line(s) of %d unfinished variant(s) or torn writes",
-                     path, state.repaired_lines, len(drop))
-        return state
 
     async def open(self) -> None:
         try:

@@ -17,11 +17,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pipeline.client import BackendClient
+from pipeline.backends.webui.client import BackendClient
 from pipeline.errors import UsageError
 from pipeline.model import Variant
 from pipeline.outputs.convert import read_infotext
-from pipeline.store import MANIFEST, read_records
+from pipeline.output.layout import MANIFEST
+from pipeline.output.resume import read_records
 
 
 def add_parser(sub: Any) -> None:
@@ -77,7 +78,7 @@ def request_for(record: dict[str, Any]) -> dict[str, Any]:
 
 async def regenerate(record: dict[str, Any], backend_urls: list[str]) -> bytes:
     from pipeline.api import backends_or_sim
-    from pipeline.jobspec import BackendSpec
+    from pipeline.job.schema import BackendSpec
 
     params = request_for(record)
     specs = [BackendSpec.model_validate({"url": u}) for u in backend_urls]

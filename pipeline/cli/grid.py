@@ -37,7 +37,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from pipeline.gallery import write_gallery
     from pipeline.grid.render import GridRenderer, load_run_job
     from pipeline.grid.spec import GridSpec
-    from pipeline.store import JOB_COPY, MANIFEST
+    from pipeline.output.layout import JOB_COPY, MANIFEST
 
     out = Path(args.out)
     if not out.is_dir():

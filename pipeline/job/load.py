@@ -19,9 +19,9 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import JobError
-from pipeline.fields import MATRIX_ALIASES, TXT2IMG_FIELDS
-from pipeline.jobspec import JobSpec
-from pipeline.naming import Namer
+from pipeline.job.fields import MATRIX_ALIASES, TXT2IMG_FIELDS
+from pipeline.job.schema import JobSpec
+from pipeline.job.naming import Namer
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
 
 
 def _model_fields_at(loc: tuple[Any, ...]) -> list[str]:
-    from pipeline import jobspec
+    from pipeline.job import schema as jobspec
 
     models = {(): JobSpec, ("retry",): jobspec.RetrySpec, ("loras",): jobspec.LoraAxis,
               ("random",): jobspec.RandomMode, ("seeds",): jobspec.SeedCount}
