@@ -69,10 +69,16 @@ class _Strict(BaseModel):
 
 
 class BackendSpec(_Strict):
-    """One WebUI backend. Credentials live in ``auth`` only, never in ``url``."""
+    """One backend server. Credentials live in ``auth`` only, never in ``url``.
+
+    ``kind`` says which API it speaks: ``webui`` (AUTOMATIC1111, Forge, reForge, SD.Next) or
+    ``comfyui``; a ComfyUI backend needs a ``workflow`` (here or at job level).
+    """
 
     url: str
     name: str | None = None
+    kind: Literal["webui", "comfyui"] = "webui"
+    workflow: str | None = None
     concurrency: int = Field(1, ge=1, le=64)
     auth: SecretStr | None = None
     timeout_s: float = Field(600.0, gt=0)
@@ -224,6 +230,7 @@ class JobSpec(_Strict):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     grid: dict[str, Any] | None = None
     outputs: list[Literal["imagefolder", "captions", "csv"]] = Field(default_factory=list)
+    workflow: str | None = None  # a ComfyUI API-format workflow for comfyui backends
     columns: list[str] | None = None
     naming: str | None = None
     caption: str | None = None
