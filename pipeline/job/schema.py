@@ -208,6 +208,14 @@ class ConvertSpec(_Strict):
     quality: int = Field(90, ge=1, le=100)
 
 
+class DatasetSpec(_Strict):
+    """Options of the dataset formats in ``outputs`` (see ``pipeline.outputs``)."""
+
+    shard_size: int = Field(10_000, ge=1, le=1_000_000)  # webdataset: samples per .tar shard
+    parquet_shard_mb: int = Field(500, ge=1, le=50_000)  # parquet: image MB per file, at most
+    tags: str | None = None  # kohya: meta_cap.json "tags" template (the caption's fields)
+
+
 class JobSpec(_Strict):
     """A validated job file."""
 
@@ -229,7 +237,9 @@ class JobSpec(_Strict):
     dynamic_prompts: Literal["disable", "refuse"] = "disable"
     retry: RetrySpec = Field(default_factory=RetrySpec)
     grid: dict[str, Any] | None = None
-    outputs: list[Literal["imagefolder", "captions", "csv"]] = Field(default_factory=list)
+    outputs: list[Literal["imagefolder", "captions", "csv", "webdataset", "parquet",
+                          "kohya"]] = Field(default_factory=list)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     workflow: str | None = None  # a ComfyUI API-format workflow for comfyui backends
     columns: list[str] | None = None
     naming: str | None = None
