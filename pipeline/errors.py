@@ -2,6 +2,7 @@
 
     SdbatchError                  base; every error we raise on purpose
     ├── UsageError                bad command line                       -> exit 2
+    ├── OutputInUse               another run holds the output directory -> exit 2
     ├── JobError                  bad job file (names file, field/line, fix) -> exit 2
     │   └── TemplateError         bad prompt template (names the position)
     ├── PreflightError            the job cannot run on these backends  -> exit 2
@@ -9,7 +10,7 @@
     └── BackendError              one request to one backend went wrong
         ├── TransportError        refused, reset, DNS, TLS: retryable
         ├── RequestTimeout        no answer within timeout_s: retryable
-        ├── HTTPStatusError       non-2xx; retryable for 408, 429 and 5xx
+        ├── HTTPStatusError       non-2xx; see ``HTTPStatusError`` for what each status means
         └── BadResponseError      2xx that is not a usable result: retryable
             └── SubstitutionError the server used another model or sampler than asked
 
@@ -19,21 +20,32 @@ point per boundary (``raise X(...) from exc``); the CLI maps the tree to exit co
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """What ``sdbatch`` exits with; the CLI maps every outcome to one of these in one place."""
+
+    OK = 0
+    FAILED = 1  # some variants failed for good, or the run stopped on an error
+    USAGE = 2  # bad command line, job file or backends: nothing was generated
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM: rerun to finish
+
 
 class SdbatchError(Exception):
     """Base of every error sdbatch raises on purpose."""
 
-    exit_code = 1
+    exit_code = ExitStatus.FAILED
 
 
 class UsageError(SdbatchError):
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class JobError(SdbatchError):
     """A job file that cannot be used. The message names the file, the field or line, and the fix."""
 
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
     def __init__(self, message: str, *, path: str | None = None, where: str | None = None,
                  hint: str | None = None) -> None:
@@ -65,13 +77,19 @@ class TemplateError(JobError):
 
 
 class PreflightError(SdbatchError):
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class OutputError(SdbatchError):
     """The output directory cannot be written (ENOSPC, permissions, read-only)."""
 
-    exit_code = 1
+    exit_code = ExitStatus.FAILED
+
+
+class OutputInUse(SdbatchError):
+    """The output directory is not ours to write: another run holds it, or it is not an output."""
+
+    exit_code = ExitStatus.USAGE
 
 
 class BackendError(SdbatchError):
@@ -94,11 +112,32 @@ class RequestTimeout(BackendError):
 
 
 class HTTPStatusError(BackendError):
-    RETRYABLE_STATUSES = frozenset({408, 429})
+    """A non-2xx answer. The status says whose fault it is:
 
-    def __init__(self, message: str, *, backend: str = "", status: int) -> None:
+    - 408, 429 and 5xx: transient; the same request may succeed later (429: after
+      ``retry_after_s``, and it never counts against the backend's health);
+    - 401, 403, 404, 405, 407, 413 to a generation: the *backend* cannot serve it (credentials,
+      a proxy, a missing route, a body limit), whatever the variant asks; another backend may;
+    - other 4xx (400, 422): the *variant* asks for something invalid.
+    """
+
+    RETRYABLE_STATUSES = frozenset({408, 429})
+    BACKEND_FAULT_STATUSES = frozenset({401, 403, 404, 405, 407, 413})
+
+    def __init__(self, message: str, *, backend: str = "", status: int,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message, backend=backend, status=status)
-        self.retryable = status >= 500 or status in self.RETRYABLE_STATUSES
+        self.retry_after_s = retry_after_s
+        self.retryable = (status >= 500 or status in self.RETRYABLE_STATUSES
+                          or status in self.BACKEND_FAULT_STATUSES)
+
+    @property
+    def backend_fault(self) -> bool:
+        return self.status in self.BACKEND_FAULT_STATUSES
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.status == 429
 
 
 class BadResponseError(BackendError):

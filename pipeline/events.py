@@ -1,4 +1,5 @@
-"""What the stages tell the world. Progress, the summary and the Python API all read these."""
+"""What the stages tell the world. Progress, the summary, ``run --json`` and the Python API all
+read these and nothing else: an event carries everything a listener needs."""
 
 from __future__ import annotations
 
@@ -16,19 +17,30 @@ class RunStarted:
     backends: tuple[str, ...]
     output: str
     simulated: bool = False
+    patience_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class VariantSkipped:
-    """Already complete in the output directory (resume)."""
+    """Variants found complete in the output directory so far (resume); a running total."""
 
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class VariantStarted:
+    variant_id: str
+    backend: str
 
 
 @dataclass(frozen=True, slots=True)
 class VariantWritten:
     result: Generated
     records: tuple[dict[str, Any], ...] = field(hash=False, compare=False)
+
+    @property
+    def images(self) -> int:
+        return sum(1 for r in self.records if r.get("kind") == "generation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +60,26 @@ class VariantRetrying:
 @dataclass(frozen=True, slots=True)
 class BackendChanged:
     backend: str
-    state: str
+    state: str  # "ok" | "down" | "benched" | "probing"
     detail: str = ""
+    model: str | None = None  # what the server says it has loaded, when known
+    retry_in_s: float | None = None  # benched: when it is probed again
+
+
+@dataclass(frozen=True, slots=True)
+class AllBackendsDown:
+    """No backend can take work; the run gives up after ``give_up_in_s`` (patience_s)."""
+
+    give_up_in_s: float
+    errors: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSwitched:
+    backend: str
+    checkpoint: str
+    load_s: float  # this load's estimated cost
+    loads_waiting: int  # checkpoints with work left that no backend has loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +98,14 @@ class RunFinished:
     unfinished: int
     elapsed_s: float
     message: str = ""
+    images: int = 0
+    output: str = ""
+    per_backend: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False,
+                                                    compare=False)
+    views: tuple[str, ...] = ()  # gallery and grid sheets written, relative to the output
 
 
-Event = (RunStarted | VariantSkipped | VariantWritten | VariantFailed | VariantRetrying
-         | BackendChanged | Stopping | RunFinished)
+Event = (RunStarted | VariantSkipped | VariantStarted | VariantWritten | VariantFailed
+         | VariantRetrying | BackendChanged | AllBackendsDown | CheckpointSwitched | Stopping
+         | RunFinished)
 Listener = Callable[[Event], None]

@@ -28,7 +28,7 @@ from pipeline.grid.layout import (ABS_MIN_CELL_PX, MAX_SIDE_PX, GridShape, plan_
 from pipeline.grid.render import GRIDS_DIR, INDEX_FILE, GridRenderer
 from pipeline.job.load import parse_job
 from pipeline.model import Variant
-from pipeline.run.runner import public_job
+from pipeline.output.runfiles import public_job
 
 LORA_JOB = """
 name: lora test

@@ -122,7 +122,7 @@ def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.parametrize("argv,expected", [
     (["run"], "the following arguments are required: job"),
-    (["frobnicate"], "invalid choice"),
+    (["frobnicate"], "unknown command"),
     (["run", "JOB", "--concurrency", "x"], "invalid int value"),
     (["run", "JOB", "--concurrency", "0"], "--concurrency must be at least 1"),
     (["run", "JOB", "--shard", "5/4"], "--shard"),

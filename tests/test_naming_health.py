@@ -48,7 +48,7 @@ def test_default_names_are_readable() -> None:
 
 
 def test_variant_faults_do_not_bench() -> None:
-    health = BackendHealth("b", 1, bench_after_failures=2)
+    health = BackendHealth("b", bench_after_failures=2)
     oom = HTTPStatusError("HTTP 500: OutOfMemoryError: CUDA out of memory", status=500)
     assert is_variant_fault(oom) and is_variant_fault(HTTPStatusError("x", status=422))
     for _ in range(5):
@@ -60,7 +60,7 @@ def test_variant_faults_do_not_bench() -> None:
 
 
 def test_cooldown_grows_and_probe_restores() -> None:
-    health = BackendHealth("b", 1, cooldown_s=2, cooldown_max_s=5)
+    health = BackendHealth("b", cooldown_s=2, cooldown_max_s=5)
     health.bench(0.0)
     assert health.benched_until == 2.0
     health.on_probe(2.0, ok=False)

@@ -10,6 +10,10 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.job.load import load_job
+import aiohttp
+
+from pipeline.backends.factory import make_client
+from pipeline.expand import build_plan
 from pipeline.run.runner import Run, RunOptions
 from tests.conftest import read_manifest
 
@@ -95,8 +99,11 @@ retry: {{backoff_initial_s: 0, backoff_max_s: 0}}
 """))
     out = tmp_path / "out"
     # the library without preflight: the per-response check alone must catch it
-    run = Run(job, RunOptions(out_dir=out, backends=tuple(job.backends), fsync=False))
-    summary = await run.execute()
+    async with aiohttp.ClientSession() as session:
+        clients = {b.label: make_client(session, b) for b in job.backends}
+        run = Run(job, build_plan(job), RunOptions(out_dir=out, backends=tuple(job.backends),
+                                                   fsync=False), clients)
+        summary = await run.execute()
     assert summary.status == "failed" and summary.failed == 1
     failure = json.loads((out / "failures.jsonl").read_text())
     assert "asked for sampler 'Eular a'" in failure["error"]

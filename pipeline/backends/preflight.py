@@ -125,7 +125,7 @@ def job_requirements(plan: expand.Plan) -> Requirements:
 async def inspect_backend(client: BackendClient) -> BackendInfo:
     label = client.label
     try:
-        options = await client.probe()
+        options = await client.probe_options()
     except HTTPStatusError as exc:
         return BackendInfo(label, reachable=exc.status != 401, error=str(exc),
                            auth_rejected=exc.status == 401)
@@ -279,12 +279,17 @@ def router(verdict: Verdict) -> CanServe | None:
     return can_serve
 
 
-async def prepare_run(spec: JobSpec, plan: expand.Plan, options: Any,
-                      clients_extras: dict[str, dict[str, Any]] | None = None
-                      ) -> tuple[CanServe | None, Verdict]:
-    """The preflight ``sdbatch run`` does: refuse (PreflightError) or return routing."""
-    async with aiohttp.ClientSession() as session:
-        infos = await inspect_all(session, options.backends)
+def payload_extras(info: BackendInfo) -> dict[str, Any]:
+    """Per-backend additions to every request: switch off server-side prompt re-expansion."""
+    if info.dynamic_prompts:
+        return {"alwayson_scripts": {info.dynamic_prompts: {"args": [False]}}}
+    return {}
+
+
+async def check_backends(session: aiohttp.ClientSession, spec: JobSpec, plan: expand.Plan,
+                         backends: Iterable[BackendSpec]) -> Verdict:
+    """The preflight ``sdbatch run`` does: the verdict, or ``PreflightError`` when it cannot run."""
+    infos = await inspect_all(session, backends)
     verdict = judge(job_requirements(plan), infos, spec)
     if not verdict.ok:
         raise PreflightError("the job cannot run on these backends:\n  - "
@@ -292,11 +297,16 @@ async def prepare_run(spec: JobSpec, plan: expand.Plan, options: Any,
                              + "\n  fix: correct the names in the job file (they are matched "
                                "exactly), or add backends that have them; 'sdbatch check "
                                f"{spec.source_path}' shows every backend's lists")
-    return router(verdict), verdict
+    return verdict
 
 
-def payload_extras(info: BackendInfo) -> dict[str, Any]:
-    """Per-backend additions to every request: switch off server-side prompt re-expansion."""
-    if info.dynamic_prompts:
-        return {"alwayson_scripts": {info.dynamic_prompts: {"args": [False]}}}
-    return {}
+def setup_for(verdict: Verdict, label: str) -> Any:
+    """What the client for ``label`` needs from preflight."""
+    setup = getattr(verdict, "setup_for", None)
+    if callable(setup):
+        return setup(label)
+    for info in verdict.infos:
+        if info.label == label:
+            return {"payload_extras": payload_extras(info),
+                    "sampler_aliases": info.sampler_aliases}
+    return None

@@ -17,7 +17,7 @@ from pipeline.backends.preflight import Verdict, inspect_all, job_requirements, 
 
 
 def add_parser(sub: Any) -> None:
-    from pipeline.cli.main import _add_job_selection
+    from pipeline.cli.common import add_job_selection as _add_job_selection
 
     p = sub.add_parser("check", help="preflight: are the backends up, and do they have every "
                        "checkpoint, sampler, scheduler, LoRA and VAE the job names?",
@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.cli.main import resolve_backends
+    from pipeline.cli.common import resolve_backends
     from pipeline.errors import UsageError
     from pipeline.job.load import load_job
 

@@ -113,3 +113,32 @@ def plan_report(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int,
         print(orjson.dumps(v["payload"], option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
                            ).decode(), file=stream)
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    from pipeline.cli.common import add_job_selection
+
+    p = sub.add_parser("plan", help="show what a job will generate and how long it will take",
+                       description="Count variants and images without generating anything; "
+                       "show the axes, the first variants as they would be sent, the checkpoint "
+                       "switches and an estimated duration.")
+    add_job_selection(p)
+    p.add_argument("--json", action="store_true", help="one JSON object (for scripts)")
+    p.add_argument("--show", type=int, default=3, metavar="N", help="variants to show (default 3)")
+    p.add_argument("--per-image-s", type=float, default=None, metavar="S",
+                   help="seconds one backend needs per image, for the estimate (default: "
+                        "measured from the output directory if it has a manifest, else 2.0)")
+    p.add_argument("--out", metavar="DIR", help="an output directory whose manifest gives the "
+                   "measured seconds per image (default: the job's output directory)")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: Any) -> int:
+    from pipeline.cli.common import out_dir_for, parse_shard, resolve_backends
+    from pipeline.job.load import load_job
+
+    spec = load_job(args.job)
+    backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)
+    return plan_report(spec, backends, shard=parse_shard(args.shard),
+                       out_dir=out_dir_for(spec, args.out), as_json=args.json, show=args.show,
+                       per_image_s=args.per_image_s)

@@ -77,7 +77,7 @@ def request_for(record: dict[str, Any]) -> dict[str, Any]:
 
 
 async def regenerate(record: dict[str, Any], backend_urls: list[str]) -> bytes:
-    from pipeline.api import backends_or_sim
+    from pipeline.run.start import backends_or_sim
     from pipeline.job.schema import BackendSpec
 
     params = request_for(record)

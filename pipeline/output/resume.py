@@ -99,3 +99,32 @@ def repair_manifest(root: Path) -> ResumeState:
         log.info("repaired %s: dropped %d line(s) of %d unfinished variant(s) or torn writes",
                  path, state.repaired_lines, len(drop))
     return state
+
+
+class ResumeFilter:
+    """Drops variants the output directory already holds complete (and repeats of a variant the
+    job expands twice, e.g. ``{a|a}``), counting what it dropped. One filter serves every stream
+    of a run; ``on_skip(total)`` is told the running total every ``report_every`` drops."""
+
+    def __init__(self, complete: set[str], *, on_skip: Any = None, report_every: int = 256) -> None:
+        self.complete = complete
+        self.skipped = 0
+        self._seen: set[int | str] = set()  # ids as ints where they are hex: a third the memory
+        self._on_skip = on_skip
+        self._report_every = report_every
+
+    def wrap(self, stream: Iterator[Any]) -> Iterator[Any]:
+        for variant in stream:
+            try:
+                key: int | str = int(variant.id, 16)
+            except ValueError:
+                key = variant.id
+            if variant.id in self.complete or key in self._seen:
+                self.skipped += 1
+                if self._on_skip is not None and self.skipped % self._report_every == 0:
+                    self._on_skip(self.skipped)
+                continue
+            self._seen.add(key)
+            yield variant
+        if self._on_skip is not None and self.skipped:
+            self._on_skip(self.skipped)

@@ -21,7 +21,7 @@ from pipeline.imagebytes import EXTENSIONS
 from pipeline.job.naming import Namer
 from pipeline.model import Failed, Generated
 from pipeline.output.atomic import output_error, replace_file
-from pipeline.output.layout import FAILURES, IMAGES_DIR, MANIFEST, RUN_FILE, TMP_PREFIX, now_iso
+from pipeline.output.layout import FAILURES, IMAGES_DIR, MANIFEST, TMP_PREFIX, now_iso
 from pipeline.output.resume import DUMP as _DUMP, ResumeState, repair_manifest
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,3 @@ class OutputStore:
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         replace_file(self.root / name, orjson.dumps(data, option=_DUMP | orjson.OPT_INDENT_2),
                      fsync=self.fsync)
-
-    def read_run(self) -> dict[str, Any]:
-        try:
-            data = orjson.loads((self.root / RUN_FILE).read_bytes())
-            return data if isinstance(data, dict) else {}
-        except (OSError, orjson.JSONDecodeError):
-            return {}
-

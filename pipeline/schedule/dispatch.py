@@ -1,9 +1,14 @@
 """Which variant a free worker takes next: pull-based, checkpoint-aware, lazily fed.
 
-The pending work is one lazy stream of variants per checkpoint (``expand.variants(checkpoint=c)``),
-plus a small set of variants waiting to be retried. A worker asks for work for its backend:
+The dispatcher is the one owner of what is in flight (per backend and in all) and of which
+checkpoint each backend is on (affinity). Nobody else writes either; workers tell it what happened
+(``take``, ``finished``, ``retry_later``) and it answers.
 
-1. a retry that is due and that this backend may serve, preferring the loaded checkpoint;
+The pending work is one lazy stream of variants per checkpoint, plus a small set of variants
+waiting to be retried. A worker asks for work for its backend:
+
+1. a retry that is due and that this backend may serve, preferring the loaded checkpoint and
+   preferring backends other than the ones that already failed it;
 2. the next variant of the stream for the checkpoint its backend has loaded;
 3. the next variant that asks for no checkpoint (any loaded model serves it);
 4. otherwise it switches: the stream with the most remaining work, divided by one plus the number
@@ -22,14 +27,14 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.schedule.health import BackendHealth
-from pipeline.schedule.retry import Attempts
 from pipeline.model import Variant
+from pipeline.schedule.retry import Attempts
 
 CanServe = Callable[[str, Variant], bool]
+PARK_LIMIT = 64
 
 
 @dataclass(slots=True)
@@ -41,86 +46,133 @@ class _Stream:
     parked: deque[Variant] = field(default_factory=deque)
 
 
+@dataclass(slots=True)
+class Lane:
+    """One backend as the dispatcher sees it."""
+
+    label: str
+    loaded: str | None = None  # checkpoint (as the job names it) the backend last ran
+    target: str | None = None  # checkpoint of the last variant dispatched to it
+    in_flight: int = 0
+    loads: int = 0  # checkpoint switches it made in this run
+
+    @property
+    def current(self) -> str | None:
+        """The checkpoint the backend will have loaded once the requests sent to it have run.
+
+        The WebUI runs requests in arrival order, so with more than one in flight the checkpoint
+        of the last one dispatched, not of the last one answered, is what the next one meets.
+        """
+        return self.target if self.target is not None else self.loaded
+
+
 class Dispatcher:
-    """Hands variants to workers; tracks in-flight work, retries and completion."""
+    """Hands variants to workers; owns in-flight counts, affinity, retries and completion."""
 
     def __init__(self, streams: dict[str | None, Iterator[Variant]], *,
+                 backends: Iterable[str] = (),
                  counts: dict[str | None, int] | None = None,
-                 skip: Callable[[Variant], bool] = lambda v: False,
                  can_serve: CanServe | None = None,
+                 usable: Callable[[str], bool] = lambda label: True,
                  clock: Callable[[], float] = time.monotonic,
                  help_min_variants: int = 4) -> None:
         counts = counts or {}
         self._streams = {c: _Stream(c, s, counts.get(c, 1)) for c, s in streams.items()}
-        self._skip = skip
         self._can_serve = can_serve or (lambda backend, variant: True)
+        self._usable = usable
         self._clock = clock
         self._retries: list[tuple[float, int, Variant]] = []
         self._seq = itertools.count()
         self._in_flight = 0
         self._closed = False
         self._changed = asyncio.Condition()
+        self.lanes: dict[str, Lane] = {label: Lane(label) for label in backends}
         self.attempts: dict[str, Attempts] = {}
-        self.skipped = 0
-        self.taken = 0
-        self.backends: dict[str, BackendHealth] = {}
         self.help_min_variants = help_min_variants
+
+    def lane(self, label: str) -> Lane:
+        lane = self.lanes.get(label)
+        if lane is None:
+            lane = self.lanes[label] = Lane(label)
+        return lane
 
     # --- the decision -------------------------------------------------------------------------
 
-    def pick(self, backend: BackendHealth) -> Variant | None:
-        """The variant ``backend`` should run next, or None when none is available now."""
+    def pick(self, label: str) -> Variant | None:
+        """The variant backend ``label`` should run next, or None when none is available now."""
         if self._closed:
             return None
+        lane = self.lane(label)
         now = self._clock()
-        variant = self._due_retry(backend, now)
+        variant = self._due_retry(lane, now)
         if variant is None:
-            variant = self._from_stream(backend, _current(backend))
-        if variant is None and _current(backend) is not None:
-            variant = self._from_stream(backend, None)
+            variant = self._from_stream(lane, lane.current)
+        if variant is None and lane.current is not None:
+            variant = self._from_stream(lane, None)
         if variant is None:
-            for checkpoint in self._switch_order(backend):
-                variant = self._from_stream(backend, checkpoint)
+            for checkpoint in self._switch_order(lane):
+                variant = self._from_stream(lane, checkpoint)
                 if variant is not None:
                     break
         if variant is not None:
             self._in_flight += 1
-            self.taken += 1
+            lane.in_flight += 1
             if variant.checkpoint is not None:
-                backend.target_checkpoint = variant.checkpoint
+                lane.target = variant.checkpoint
             attempts = self.attempts.setdefault(variant.id, Attempts(first_at=now))
             attempts.count += 1
         return variant
 
-    def _due_retry(self, backend: BackendHealth, now: float) -> Variant | None:
+    def _due_retry(self, lane: Lane, now: float) -> Variant | None:
         best: int | None = None
+        best_rank = 99
         for i, (ready_at, _, variant) in enumerate(self._retries):
-            if ready_at > now or not self._allowed(backend, variant):
+            if ready_at > now or not self._allowed(lane.label, variant):
                 continue
-            if variant.checkpoint in (_current(backend), None):
-                best = i
-                break
-            if best is None:
-                best = i
-        if best is None:
-            return None
+            # Prefer a backend that has not failed this variant yet, then the loaded checkpoint.
+            rank = (2 if self._others_untried(lane.label, variant) else 0) + \
+                (0 if variant.checkpoint in (lane.current, None) else 1)
+            if rank < best_rank:
+                best, best_rank = i, rank
+                if rank == 0:
+                    break
+        if best is None or best_rank >= 2:
+            return None  # leave it for a backend that has not tried it
         _, _, variant = self._retries.pop(best)
         heapq.heapify(self._retries)
         return variant
 
-    def _allowed(self, backend: BackendHealth, variant: Variant) -> bool:
+    def _others_untried(self, label: str, variant: Variant) -> bool:
+        """Has this backend failed ``variant`` while a usable one that has not tried it exists?"""
         attempts = self.attempts.get(variant.id)
-        if attempts is not None and backend.label in attempts.excluded:
+        if attempts is None or label not in attempts.failed_on:
             return False
-        return self._can_serve(backend.label, variant)
+        return self.untried_elsewhere(label, variant)
 
-    def _from_stream(self, backend: BackendHealth, checkpoint: str | None) -> Variant | None:
+    def untried_elsewhere(self, label: str, variant: Variant) -> bool:
+        """A usable backend other than ``label`` may serve ``variant`` and has not failed it."""
+        attempts = self.attempts.get(variant.id)
+        tried = (attempts.failed_on | attempts.excluded) if attempts else set()
+        return any(other != label and other not in tried and self._usable(other)
+                   and self._can_serve(other, variant) for other in self.lanes)
+
+    def anyone_may_take(self, variant: Variant) -> bool:
+        """Some backend is neither excluded for ``variant`` nor unable to serve it."""
+        return any(self._allowed(label, variant) for label in self.lanes)
+
+    def _allowed(self, label: str, variant: Variant) -> bool:
+        attempts = self.attempts.get(variant.id)
+        if attempts is not None and label in attempts.excluded:
+            return False
+        return self._can_serve(label, variant)
+
+    def _from_stream(self, lane: Lane, checkpoint: str | None) -> Variant | None:
         stream = self._streams.get(checkpoint)
         if stream is None:
             return None
         for _ in range(len(stream.parked)):
             variant = stream.parked.popleft()
-            if self._allowed(backend, variant):
+            if self._allowed(lane.label, variant):
                 return variant
             stream.parked.append(variant)
         while not stream.exhausted:
@@ -130,29 +182,27 @@ class Dispatcher:
                 stream.exhausted = True
                 break
             stream.remaining_hint = max(0, stream.remaining_hint - 1)
-            if self._skip(variant):
-                self.skipped += 1
-                continue
-            if self._allowed(backend, variant):
+            if variant.id in self.attempts:
+                continue  # the same variant twice in the job (e.g. {a|a}): it is already running
+            if self._allowed(lane.label, variant):
                 return variant
-            if not any(self._can_serve(other, variant) for other in self.backends
-                       if other != backend.label):
+            if not any(self._can_serve(other, variant) for other in self.lanes
+                       if other != lane.label):
                 return variant  # nobody else can either: let it fail here with a clear error
             stream.parked.append(variant)
-            if len(stream.parked) >= 64:
+            if len(stream.parked) >= PARK_LIMIT:
                 return None  # this backend cannot serve what this stream holds now
         return None
 
-    def _switch_order(self, backend: BackendHealth) -> list[str | None]:
+    def _switch_order(self, lane: Lane) -> list[str | None]:
         """Checkpoints worth switching to: uncovered ones first (most work first), then ones other
         backends are on, only while each helper would still get ``help_min_variants``."""
         on_it: dict[str | None, int] = {}
-        for other in self.backends.values():
-            if other is not backend and other.state == "ok":
-                key = _current(other)
-                on_it[key] = on_it.get(key, 0) + 1
+        for other in self.lanes.values():
+            if other is not lane and self._usable(other.label):
+                on_it[other.current] = on_it.get(other.current, 0) + 1
         live = [s for s in self._streams.values()
-                if (not s.exhausted or s.parked) and s.checkpoint != _current(backend)]
+                if (not s.exhausted or s.parked) and s.checkpoint != lane.current]
 
         def work(s: _Stream) -> int:
             return max(s.remaining_hint, 1) + len(s.parked)
@@ -164,6 +214,43 @@ class Dispatcher:
                    if work(s) / (1 + on_it[s.checkpoint]) >= self.help_min_variants]
         return [s.checkpoint for s in uncovered + helpful]
 
+    # --- what workers tell it -----------------------------------------------------------------
+
+    def note_loaded(self, label: str, checkpoint: str | None) -> None:
+        """What a probe found loaded on the backend (as the job names it, or None)."""
+        lane = self.lane(label)
+        lane.loaded = checkpoint
+        if lane.in_flight == 0:
+            lane.target = None
+
+    async def finished(self, label: str, variant: Variant) -> bool:
+        """The variant is done on ``label`` (written or failed for good). True when running it
+        switched the backend's checkpoint."""
+        async with self._changed:
+            switched = self._release(label, variant)
+            self.attempts.pop(variant.id, None)
+            self._changed.notify_all()
+            return switched
+
+    async def retry_later(self, label: str, variant: Variant, delay_s: float) -> None:
+        async with self._changed:
+            self._release(label, variant, ran=False)
+            heapq.heappush(self._retries, (self._clock() + delay_s, next(self._seq), variant))
+            self._changed.notify_all()
+
+    def _release(self, label: str, variant: Variant, *, ran: bool = True) -> bool:
+        lane = self.lane(label)
+        self._in_flight -= 1
+        lane.in_flight -= 1
+        if lane.in_flight == 0 and not ran:
+            lane.target = None  # nothing queued on it: it keeps what it really ran last
+        switched = False
+        if ran and variant.checkpoint is not None and variant.checkpoint != lane.loaded:
+            switched = True
+            lane.loaded = variant.checkpoint
+            lane.loads += 1
+        return switched
+
     # --- waiting and bookkeeping --------------------------------------------------------------
 
     @property
@@ -174,7 +261,7 @@ class Dispatcher:
 
     def checkpoints_waiting(self) -> int:
         """Checkpoints with work left that no backend has loaded: loads still to come."""
-        loaded = {_current(b) for b in self.backends.values()}
+        loaded = {lane.current for lane in self.lanes.values()}
         return sum(1 for s in self._streams.values()
                    if s.checkpoint is not None and s.checkpoint not in loaded
                    and (not s.exhausted or s.parked))
@@ -183,13 +270,16 @@ class Dispatcher:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def take(self, backend: BackendHealth) -> Variant | None:
-        """Wait for the next variant for ``backend``; None when the run has no more work for it."""
+    def in_flight_on(self, label: str) -> int:
+        return self.lane(label).in_flight
+
+    async def take(self, label: str) -> Variant | None:
+        """Wait for the next variant for ``label``; None when the run has no more work for it."""
         async with self._changed:
             while True:
                 if self._closed:
                     return None
-                variant = self.pick(backend)
+                variant = self.pick(label)
                 if variant is not None:
                     return variant
                 if self.drained:
@@ -203,18 +293,6 @@ class Dispatcher:
                 except asyncio.TimeoutError:
                     pass
 
-    async def retry_later(self, variant: Variant, delay_s: float) -> None:
-        async with self._changed:
-            heapq.heappush(self._retries, (self._clock() + delay_s, next(self._seq), variant))
-            self._in_flight -= 1
-            self._changed.notify_all()
-
-    async def finished(self, variant: Variant) -> None:
-        async with self._changed:
-            self._in_flight -= 1
-            self.attempts.pop(variant.id, None)
-            self._changed.notify_all()
-
     async def close(self) -> None:
         """Stop handing out work (graceful stop): ``take`` returns None from now on."""
         async with self._changed:
@@ -222,19 +300,10 @@ class Dispatcher:
             self._changed.notify_all()
 
     async def poke(self) -> None:
+        """Something outside changed (a backend came back): let waiting workers look again."""
         async with self._changed:
             self._changed.notify_all()
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-
-def _current(backend: BackendHealth) -> str | None:
-    """The checkpoint the backend will have loaded once the requests sent to it have run.
-
-    The WebUI runs requests in arrival order, so with more than one in flight the checkpoint
-    of the last one dispatched, not of the last one answered, is what the next one meets.
-    """
-    return backend.target_checkpoint if backend.target_checkpoint is not None \
-        else backend.loaded_checkpoint

@@ -1,9 +1,12 @@
-"""Per-backend health and retry decisions: pure state machines, no I/O, no event loop.
+"""Per-backend health: a pure state machine, no I/O, no event loop.
 
 A backend is ``ok`` until ``bench_after_failures`` consecutive backend-level failures; then it is
 ``benched`` for a cool-down that doubles each time (up to ``cooldown_max_s``), after which one
-worker probes it with a cheap GET before it takes work again. Failures that belong to the
-variant rather than the backend (out of memory, NaNs, a 4xx) do not count against its health.
+worker probes it with a cheap GET before it takes work again. Failures that belong to the variant
+rather than the backend (out of memory, NaNs, a 400/422) do not count against its health, and
+neither does a 429 (the server asks us to slow down: ``paused_until`` does that).
+
+What is in flight and which checkpoint a backend is on belong to the dispatcher, not here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.errors import BackendError, HTTPStatusError, SubstitutionError
+from pipeline.errors import HTTPStatusError, SubstitutionError
 
 State = Literal["ok", "benched", "probing"]
 
@@ -23,7 +26,9 @@ def is_variant_fault(exc: BaseException) -> bool:
     if isinstance(exc, SubstitutionError):
         return True
     if isinstance(exc, HTTPStatusError):
-        if 400 <= (exc.status or 0) < 500 and exc.status not in (408, 429):
+        if exc.backend_fault or exc.rate_limited:
+            return False
+        if 400 <= (exc.status or 0) < 500 and exc.status != 408:
             return True
         return any(marker in str(exc) for marker in _VARIANT_FAULTS)
     return False
@@ -31,10 +36,9 @@ def is_variant_fault(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class BackendHealth:
-    """Mutable health of one backend, owned by the run; methods take ``now`` for testability."""
+    """Mutable health of one backend; methods take ``now`` for testability."""
 
     label: str
-    concurrency: int
     bench_after_failures: int = 3
     cooldown_s: float = 5.0
     cooldown_max_s: float = 300.0
@@ -42,24 +46,26 @@ class BackendHealth:
     consecutive_failures: int = 0
     times_benched: int = 0
     benched_until: float = 0.0
-    loaded_checkpoint: str | None = None  # as the job names it, for affinity
-    model_label: str | None = None  # what the server reports it has loaded, for display
-    target_checkpoint: str | None = None
-    checkpoint_loads: int = 0
-    switch_s: float = 0.0  # time spent loading checkpoints, estimated
-    in_flight: int = 0
+    paused_until: float = 0.0  # a 429's Retry-After: no new work before then
     done: int = 0
     images: int = 0
     failures: int = 0
     busy_s: float = 0.0
+    load_s: float = 0.0  # time spent loading checkpoints, estimated
+    loads: int = 0
     last_error: str = ""
     first_done_at: float | None = None
     last_done_at: float | None = None
 
-    def on_success(self, now: float, images: int, elapsed_s: float) -> None:
+    def on_success(self, now: float, images: int, elapsed_s: float, *,
+                   switched: bool = False) -> None:
         self.state = "ok"
         self.consecutive_failures = 0
         self.times_benched = 0
+        if switched:  # a request that loaded another checkpoint: learn what a load costs
+            typical_s = self.busy_s / self.done if self.done else 0.0
+            self.load_s += max(0.0, elapsed_s - typical_s)
+            self.loads += 1
         self.done += 1
         self.images += images
         self.busy_s += elapsed_s
@@ -67,17 +73,14 @@ class BackendHealth:
             self.first_done_at = now - elapsed_s
         self.last_done_at = now
 
-    def on_switch(self, checkpoint: str, elapsed_s: float) -> None:
-        """A request that loaded another checkpoint: learn what a load costs, for the ETA."""
-        typical_s = self.busy_s / self.done if self.done else 0.0
-        self.switch_s += max(0.0, elapsed_s - typical_s)
-        self.checkpoint_loads += 1
-        self.loaded_checkpoint = checkpoint
-
     def on_failure(self, now: float, exc: BaseException) -> bool:
         """Record a failure; True when it benched the backend just now."""
         self.failures += 1
         self.last_error = str(exc)
+        if isinstance(exc, HTTPStatusError) and exc.rate_limited:
+            self.failures -= 1  # being told to slow down is not a failure
+            self.paused_until = max(self.paused_until, now + (exc.retry_after_s or 1.0))
+            return False
         if is_variant_fault(exc):
             return False
         self.consecutive_failures += 1
@@ -104,3 +107,8 @@ class BackendHealth:
             return 0.0
         span = self.last_done_at - self.first_done_at
         return self.images / span if span > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"state": self.state, "done": self.done, "images": self.images,
+                "failures": self.failures, "checkpoint_loads": self.loads,
+                "images_per_s": round(self.images_per_s(), 3)}

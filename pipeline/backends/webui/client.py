@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pipeline.errors import (BadResponseError, HTTPStatusError, RequestTimeout,
+from pipeline.backends.base import Probe
+from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, RequestTimeout,
                              TransportError)
 from pipeline.expand.inputs import encode_refs
 from pipeline.job.schema import BackendSpec
@@ -61,10 +62,11 @@ def _number(value: Any, default: float) -> float:
     return float(default)
 
 
-class BackendClient:
+class WebUIClient:
     """Talks to one WebUI backend. Cheap to create; owns no session."""
 
-    def __init__(self, session: aiohttp.ClientSession, spec: BackendSpec) -> None:
+    def __init__(self, session: aiohttp.ClientSession, spec: BackendSpec, setup: Any = None
+                 ) -> None:
         self.spec = spec
         self.label = spec.label
         self._session = session
@@ -108,13 +110,24 @@ class BackendClient:
                                    cap_bytes=MAX_LIST_BYTES)
         return orjson.loads(body) if body.strip() else None
 
-    async def probe(self) -> dict[str, Any]:
+    async def probe_options(self) -> dict[str, Any]:
         """A cheap health check that works in every mode (``/internal/ping`` is UI-only)."""
         options = await self.get_json("/sdapi/v1/options", timeout_s=min(30.0, self.spec.timeout_s))
         if not isinstance(options, dict):
             raise BadResponseError(f"{self.label}: /sdapi/v1/options is not an object",
                                    backend=self.label)
         return options
+
+    async def probe(self) -> Probe:
+        options = await self.probe_options()
+        loaded = options.get("sd_model_checkpoint")
+        return Probe(loaded if isinstance(loaded, str) else None, options)
+
+    async def interrupt(self) -> None:
+        try:
+            await self.post_json("/sdapi/v1/interrupt", {}, timeout_s=5)
+        except BackendError as exc:
+            log.warning("could not interrupt %s: %s", self.label, exc)
 
     def _params(self, variant: Variant) -> dict[str, Any]:
         if not self.payload_extras:
@@ -213,3 +226,6 @@ def error_message(body: bytes, reason: str | None = None) -> str:
     if message or name:
         return str(message or name)[:500]
     return orjson.dumps(data)[:300].decode()
+
+
+BackendClient = WebUIClient  # the old name, until every caller uses WebUIClient
