@@ -32,8 +32,10 @@ from pipeline.outputs.captions import clean_prompt
 from pipeline.outputs.convert import (UNICODE_PREFIX, convert_for_write, convert_image,
                                       decode_user_comment, read_infotext)
 from pipeline.output.layout import MANIFEST
+from pipeline.output.resume import repair_manifest
 
 REPO = Path(__file__).resolve().parent.parent
+METADATA = Path("imagefolder") / "metadata.jsonl"
 
 JOB = """
 name: outputs-test
@@ -233,10 +235,13 @@ def test_convert_for_write_identity_conversion_and_fallback() -> None:
 def test_imagefolder_rebuild_rows_columns_and_consistent_types(dataset_dir) -> None:
     out, spec, variants = dataset_dir
     exporter(spec, out, "imagefolder").rebuild()
-    rows = read_jsonl(out / "metadata.jsonl")
+    rows = read_jsonl(out / METADATA)
     assert len(rows) == JOB_IMAGES  # the extra image is not a row
-    assert all((out / r["file_name"]).is_file() for r in rows)
-    assert rows[0]["file_name"].startswith("images/")
+    assert all((out / "imagefolder" / r["file_name"]).is_file() for r in rows)
+    assert rows[0]["file_name"].startswith("images/00000/")
+    generations = [r for r in all_records(variants) if r["kind"] == "generation"]
+    for row, record in zip(rows, generations):  # the same file as the store's, in order
+        assert (out / "imagefolder" / row["file_name"]).samefile(out / record["file"])
     assert list(rows[0]) == ["file_name", "prompt", "negative_prompt", "seed", "model", "sampler",
                              "steps", "cfg_scale", "width", "height", "lora", "lora_name",
                              "lora_weight", "style"]
@@ -256,7 +261,7 @@ def test_imagefolder_columns_override_and_unknown_column(tmp_path: Path) -> None
     variants = synth_output(tmp_path, spec)
     append_manifest(tmp_path, all_records(variants))
     exporter(spec, tmp_path, "imagefolder").rebuild()
-    rows = read_jsonl(tmp_path / "metadata.jsonl")
+    rows = read_jsonl(tmp_path / METADATA)
     assert list(rows[0]) == ["file_name", "prompt", "seed", "style", "scheduler", "sha256"]
     with pytest.raises(JobError) as caught:
         build_exporters(spec_from(columns=["prompt", "cfg"]), tmp_path)
@@ -268,21 +273,27 @@ async def test_imagefolder_append_then_rebuild_agree_and_repair_crashes(tmp_path
     variants = synth_output(tmp_path, spec)
     folder = exporter(spec, tmp_path, "imagefolder")
     folder.rebuild()  # empty manifest: empty file
-    assert (tmp_path / "metadata.jsonl").read_bytes() == b""
+    path = tmp_path / METADATA
+    assert path.read_bytes() == b""
     for records in variants:
         append_manifest(tmp_path, records)
         await folder.on_variant(records)
-    appended = (tmp_path / "metadata.jsonl").read_bytes()
+    appended = path.read_bytes()
     folder.rebuild()
-    assert (tmp_path / "metadata.jsonl").read_bytes() == appended
-    # A crash: a torn last line; a variant in the manifest but not here; a duplicate manifest line.
-    path = tmp_path / "metadata.jsonl"
+    assert path.read_bytes() == appended
+    # A crash: a torn last line; a variant in the manifest but not here; a duplicate manifest
+    # line (which the store's repair drops before the exporters rebuild); a stray link.
     lines = appended.splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:-2]) + lines[-2][:20])
     append_manifest(tmp_path, variants[3])
+    stray = tmp_path / "imagefolder" / "images" / "00000" / "stray.png"
+    stray.write_bytes(b"x")
+    (tmp_path / "imagefolder" / "images" / "00007").mkdir()
+    repair_manifest(tmp_path)
     folder.rebuild()
     assert path.read_bytes() == appended
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not stray.exists() and not (tmp_path / "imagefolder" / "images" / "00007").exists()
+    assert not list(tmp_path.rglob(".tmp-*"))
 
 
 def test_imagefolder_warns_about_number_columns_null_through_the_schema_window(
@@ -297,7 +308,7 @@ def test_imagefolder_warns_about_number_columns_null_through_the_schema_window(
     monkeypatch.setattr("pipeline.outputs.imagefolder.SCHEMA_WINDOW_BYTES", 2000)
     exporter(spec, tmp_path, "imagefolder").rebuild()
     assert [r.message for r in caplog.records if "'seed' is null" in r.message]
-    assert len(read_jsonl(tmp_path / "metadata.jsonl")) == JOB_IMAGES
+    assert len(read_jsonl(tmp_path / METADATA)) == JOB_IMAGES
 
 
 def load_imagefolder(out: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -314,7 +325,7 @@ def test_imagefolder_loads_with_datasets(dataset_dir, tmp_path: Path,
     out, spec, _ = dataset_dir
     for e in build_exporters(spec, out):
         e.rebuild()
-    ds = load_imagefolder(out, tmp_path / "hf", monkeypatch)
+    ds = load_imagefolder(out / "imagefolder", tmp_path / "hf", monkeypatch)
     assert ds.num_rows == JOB_IMAGES
     assert ds.column_names[0] == "image"
     assert {"prompt", "negative_prompt", "seed", "cfg_scale", "style", "lora_weight"} <= set(
@@ -463,10 +474,10 @@ async def test_dataset_job_on_the_simulator(tmp_path: Path,
     exporters = build_exporters(spec, out)
     for e in exporters:
         await asyncio.to_thread(e.rebuild)
-    dataset_files = ["metadata.jsonl", "manifest.csv"]
+    dataset_files = ["imagefolder/metadata.jsonl", "manifest.csv"]
     rebuilt = {name: (out / name).read_bytes() for name in dataset_files}
     captions = {p.name: p.read_text() for p in (out / "images").glob("*.txt")}
-    assert len(read_jsonl(out / "metadata.jsonl")) == 18 and len(captions) == 18
+    assert len(read_jsonl(out / METADATA)) == 18 and len(captions) == 18
     assert all(text.startswith("a 3d render, a ") and text.endswith(" on a table\n")
                for text in captions.values())
     with (out / "manifest.csv").open(newline="", encoding="utf-8") as handle:
@@ -475,6 +486,7 @@ async def test_dataset_job_on_the_simulator(tmp_path: Path,
         (out / name).unlink()
     for path in (out / "images").glob("*.txt"):
         path.unlink()
+    exporters = build_exporters(spec, out)  # new ones, as at the start of a first run
     for records in written:
         for e in exporters:
             await e.on_variant(list(records))
@@ -486,7 +498,7 @@ async def test_dataset_job_on_the_simulator(tmp_path: Path,
     webp = convert_for_write(image, ConvertSpec(format="webp", quality=80))
     assert webp.format == "webp" and read_infotext(webp.data) == read_infotext(image.data)
     assert read_infotext(webp.data) and "Seed: " in read_infotext(webp.data)
-    ds = load_imagefolder(out, tmp_path / "hf", monkeypatch)
+    ds = load_imagefolder(out / "imagefolder", tmp_path / "hf", monkeypatch)
     assert ds.num_rows == 18 and ds[0]["image"].size == (256, 256)
     assert ds[0]["prompt"] == record["prompt"]
 

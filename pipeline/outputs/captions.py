@@ -52,22 +52,23 @@ def clean_prompt(prompt: str) -> str:
     return text.strip(" ,")
 
 
-def caption_path(out_dir: Path, file: str) -> Path:
-    """``images/a/b.png`` -> ``OUT/images/a/b.txt``."""
-    return out_dir / PurePosixPath(file).with_suffix(CAPTION_SUFFIX)
+def caption_path(out_dir: Path, file: str, suffix: str = CAPTION_SUFFIX) -> Path:
+    """``images/a/b.png`` -> ``OUT/images/a/b.txt`` (or ``b.caption``)."""
+    return out_dir / PurePosixPath(file).with_suffix(suffix)
 
 
 class CaptionTemplate:
     """A checked caption template; ``render(record)`` gives one caption line."""
 
-    def __init__(self, template: str | None, columns: ColumnSet, *, source_path: str = "") -> None:
+    def __init__(self, template: str | None, columns: ColumnSet, *, source_path: str = "",
+                 where: str = "caption") -> None:
         self.template = DEFAULT_TEMPLATE if template is None else template
         self.fields: dict[str, Column | None] = {}
         try:
             parsed = list(string.Formatter().parse(self.template))
         except ValueError as exc:
             raise JobError(f"caption template {self.template!r} is malformed ({exc})",
-                           path=source_path, where="caption",
+                           path=source_path, where=where,
                            hint="write fields in braces, e.g. 'photo of sks person, {prompt}'; "
                                 "double a literal brace: {{ }}") from None
         for _, name, spec, conversion in parsed:
@@ -75,7 +76,7 @@ class CaptionTemplate:
                 continue
             if spec or conversion:
                 raise JobError(f"caption field {{{name}...}} has a format spec or conversion",
-                               path=source_path, where="caption",
+                               path=source_path, where=where,
                                hint=f"write the plain field {{{name}}}")
             if name in ("prompt", "raw_prompt"):
                 self.fields[name] = None
@@ -85,7 +86,7 @@ class CaptionTemplate:
                 known = ["prompt", "raw_prompt", "negative_prompt", "seed", "model", "sampler",
                          "steps", "cfg_scale", "width", "height", *(c.name for c in columns.axes)]
                 raise JobError(f"caption field {{{name}}} is not a known field",
-                               path=source_path, where="caption",
+                               path=source_path, where=where,
                                hint="use one of " + ", ".join(f"{{{k}}}" for k in known))
             self.fields[name] = column
 
@@ -106,13 +107,15 @@ class CaptionTemplate:
 
 
 class CaptionExporter(Exporter):
-    """Writes a ``.txt`` caption beside every generated image."""
+    """Writes a ``.txt`` (or ``suffix``) caption beside every generated image."""
 
     name = "captions"
 
-    def __init__(self, out_dir: Path, template: CaptionTemplate) -> None:
+    def __init__(self, out_dir: Path, template: CaptionTemplate, *,
+                 suffix: str = CAPTION_SUFFIX) -> None:
         super().__init__(out_dir)
         self.template = template
+        self.suffix = suffix
 
     async def on_variant(self, records: list[Record]) -> None:
         rows = [r for r in records if is_dataset_record(r, self.out_dir)]
@@ -122,7 +125,7 @@ class CaptionExporter(Exporter):
     def _write_all(self, records: Iterable[Record]) -> set[Path]:
         written: set[Path] = set()
         for record in records:
-            path = caption_path(self.out_dir, record["file"])
+            path = caption_path(self.out_dir, record["file"], self.suffix)
             self._write(path, self.template.render(record), record)
             written.add(path)
         return written
@@ -146,7 +149,7 @@ class CaptionExporter(Exporter):
         removed = 0
         images_dir = self.out_dir / "images"
         if images_dir.is_dir():
-            for path in images_dir.rglob(f"*{CAPTION_SUFFIX}"):
+            for path in images_dir.rglob(f"*{self.suffix}"):
                 if path.name.startswith(TMP_PREFIX) or path in expected:
                     continue
                 if path.with_suffix(SIDECAR_SUFFIX).is_file():

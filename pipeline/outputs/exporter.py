@@ -6,7 +6,13 @@ An exporter keeps one dataset format in step with ``OUT/manifest.jsonl``:
   the format from the manifest, so after a crash or a resume it holds exactly the manifest's
   generations: none twice, none missing, no torn last line;
 - ``on_variant(records)`` (the writer stage, right after a variant's manifest lines were
-  appended) adds that variant's generations.
+  appended) adds that variant's generations;
+- ``close()`` (once, after the writer's last ``on_variant``, on a normal end and on a graceful
+  stop) publishes what is still in progress (the sharded formats' last, partial shard). A crash
+  skips it; the next ``rebuild()`` covers that. Idempotent; formats without shards do nothing.
+
+The manifest an exporter reads has been repaired by the store (``output.resume``), so it holds
+each ``(id, image_index)`` once; exporters stream it and keep nothing per record.
 
 Whole files are replaced atomically (``.tmp-<name>`` beside the target, fsync, ``os.replace``);
 appends are plain appends, because a torn append is repaired by the next ``rebuild()``. Only
@@ -20,10 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
+
 from pipeline.output.layout import inside
 from pipeline.output.layout import MANIFEST
 from pipeline.output.atomic import output_error
-from pipeline.output.resume import read_records
 
 Record = dict[str, Any]
 
@@ -44,6 +51,9 @@ class Exporter(abc.ABC):
     def rebuild(self) -> None:
         """Regenerate this format's files from ``OUT/manifest.jsonl``."""
 
+    async def close(self) -> None:
+        """Publish whatever is still in progress (the run's writer has finished)."""
+
 
 def is_dataset_record(record: Record, out_dir: Path) -> bool:
     """A generation whose file name is a relative path inside the output directory."""
@@ -53,16 +63,31 @@ def is_dataset_record(record: Record, out_dir: Path) -> bool:
 
 
 def dataset_records(out_dir: Path) -> Iterator[Record]:
-    """The manifest's generations in order, each ``(id, image_index)`` once (the first)."""
-    seen: set[tuple[Any, Any]] = set()
-    for record in read_records(out_dir / MANIFEST):
-        if not is_dataset_record(record, out_dir):
-            continue
-        key = (record.get("id"), record.get("image_index"))
-        if key in seen:
-            continue
-        seen.add(key)
-        yield record
+    """The manifest's generations in order."""
+    return (record for _, record in manifest_samples(out_dir))
+
+
+def manifest_samples(out_dir: Path, start: int = 0) -> Iterator[tuple[int, Record]]:
+    """``(byte offset of its line, record)`` for each generation of the manifest, in order,
+    from the line at byte ``start`` on (an offset this gave earlier). Torn or garbled lines are
+    skipped, as ``output.resume.read_records`` does."""
+    try:
+        handle = (out_dir / MANIFEST).open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        handle.seek(start)
+        offset = start
+        for line in handle:
+            here, offset = offset, offset + len(line)
+            if not line.endswith(b"\n"):
+                return  # a torn last line
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and is_dataset_record(record, out_dir):
+                yield here, record
 
 
 def append_file(path: Path, data: bytes) -> None:

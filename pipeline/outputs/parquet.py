@@ -1,0 +1,100 @@
+"""Parquet with the images inside, the layout the Hugging Face Hub's viewer reads:
+``OUT/parquet/``::
+
+    train-00000.parquet   image: {bytes, path} (the bytes as written, the file's name), then the
+    train-00001.parquet   columns (those of imagefolder: ``columns:`` or the defaults)
+    _stats.json
+
+Each file holds at most ``dataset: {parquet_shard_mb: M}`` MB of images (default 500, as
+``datasets.push_to_hub`` shards), in row groups of at most 100 rows or 64 MB, so the viewer
+and streaming readers fetch little at a time. The schema's ``huggingface`` metadata declares
+``image`` an ``Image`` feature, so ``datasets.load_dataset("parquet", data_dir=OUT/parquet)``
+(or the Hub, with the folder uploaded as a dataset repo) gives PIL images. File names carry the
+``train`` split.
+
+Samples are the manifest's generations in order; a file ends before the image that would take it
+past the bound, so its content follows from the manifest alone (resume: ``shards``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipeline.outputs.columns import Column
+from pipeline.outputs.exporter import Record
+from pipeline.outputs.shards import (
+    ShardedExporter,
+    ShardRule,
+    ShardWriter,
+    publish_file,
+    shard_numbers,
+    tmp_path,
+)
+from pipeline.outputs.table import ParquetStream, Table, read_sdbatch_metadata
+
+FOLDER = "parquet"
+DEFAULT_SHARD_MB = 500
+GROUP_ROWS = 100
+GROUP_BYTES = 64 << 20
+
+
+def file_name(number: int) -> str:
+    return f"train-{number:05d}.parquet"
+
+
+class ParquetExporter(ShardedExporter):
+    """Keeps ``OUT/parquet/`` in step with the manifest."""
+
+    name = "parquet"
+    folder_name = FOLDER
+
+    def __init__(self, out_dir: Path, *, columns: list[Column],
+                 shard_mb: int = DEFAULT_SHARD_MB) -> None:
+        self.table = Table(tuple(columns), image=True)
+        self.shard_mb = shard_mb
+        super().__init__(out_dir, ShardRule(max_bytes=shard_mb << 20),
+                         {"format": "parquet/1", "shard_mb": shard_mb,
+                          "columns": self.table.signature()})
+
+    def open_writer(self, number: int) -> ShardWriter:
+        return _ParquetShard(self, number)
+
+    def shard_files(self, number: int) -> list[Path]:
+        return [self.folder / file_name(number)]
+
+    def published_fingerprint(self, number: int) -> tuple[str, int] | None:
+        (path,) = self.shard_files(number)
+        meta = read_sdbatch_metadata(path) if path.is_file() else None
+        if meta is None or not isinstance(meta.get("fingerprint"), str):
+            return None
+        return meta["fingerprint"], path.stat().st_size
+
+    def published_numbers(self) -> list[int]:
+        return list(shard_numbers(self.folder, ".parquet"))
+
+    def stats_extra(self) -> dict[str, Any]:
+        return {"shard_mb": self.shard_mb}
+
+
+class _ParquetShard(ShardWriter):
+    def __init__(self, exporter: ParquetExporter, number: int) -> None:
+        (self.final,) = exporter.shard_files(number)
+        self.tmp = tmp_path(self.final)
+        self.rows = ParquetStream(self.tmp, exporter.table, group_rows=GROUP_ROWS,
+                                  group_bytes=GROUP_BYTES)
+
+    def add(self, index: int, record: Record, image: bytes) -> None:
+        self.rows.add(record, image=image, image_path=PurePosixPath(record["file"]).name)
+
+    def publish(self, fingerprint: str) -> int:
+        try:
+            size = self.rows.close({"fingerprint": fingerprint, "count": self.rows.rows})
+        except BaseException:
+            self.rows.abort()
+            raise
+        publish_file(self.tmp, self.final)
+        return size
+
+    def abort(self) -> None:
+        self.rows.abort()

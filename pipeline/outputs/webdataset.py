@@ -1,0 +1,189 @@
+"""WebDataset tar shards, img2dataset's layout: ``OUT/webdataset/``::
+
+    00000.tar        N samples: 000000000.png (the bytes as written), 000000000.txt (caption),
+                     000000000.json (the manifest record, with "key" and "caption"), ...
+    00000.parquet    one row per sample: key, caption and the record's fields (no image bytes)
+    _stats.json      the dataset: count, shards, bytes (img2dataset's count/successes/... first)
+
+Keys are ``SSSSSIIII``: the shard number (5 digits, more past 99,999) and the index in the shard
+(as many digits as ``shard_size - 1`` has: 4 for the default 10,000), so they sort in manifest
+order and never hold a dot (webdataset splits a member's name at the first dot). Samples are
+the manifest's generations in order, ``shard_size`` to a shard (job key
+``dataset: {shard_size: N}``), so a sample's key follows from its place in the manifest.
+
+A shard is written to ``.tmp-00003.tar`` / ``.tmp-00003.parquet`` and renamed when full (the
+tar first, then the parquet, whose footer holds the shard's fingerprint and tar size); the last,
+partial shard at ``close()``. See ``pipeline.outputs.shards`` for resume after a crash.
+
+Read it with ``webdataset.WebDataset("OUT/webdataset/{00000..00009}.tar")`` (``.decode("pil")``
+for images), the records with ``pyarrow.dataset.dataset("OUT/webdataset", format="parquet")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tarfile
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import orjson
+
+from pipeline.outputs.captions import CaptionTemplate
+from pipeline.outputs.columns import Column
+from pipeline.outputs.exporter import Record
+from pipeline.outputs.shards import (
+    ShardedExporter,
+    ShardRule,
+    ShardWriter,
+    publish_file,
+    shard_numbers,
+    tmp_path,
+)
+from pipeline.outputs.table import ParquetStream, Table, read_sdbatch_metadata
+from pipeline.output.atomic import output_error
+from pipeline.output.resume import DUMP
+
+FOLDER = "webdataset"
+DEFAULT_SHARD_SIZE = 10_000
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_WRITE_BUFFER = 1 << 20
+
+
+def shard_name(number: int) -> str:
+    return f"{number:05d}"
+
+
+class WebDatasetExporter(ShardedExporter):
+    """Keeps ``OUT/webdataset/`` in step with the manifest."""
+
+    name = "webdataset"
+    folder_name = FOLDER
+
+    def __init__(self, out_dir: Path, *, caption: CaptionTemplate, columns: list[Column],
+                 shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        self.caption = caption
+        self.shard_size = shard_size
+        self.index_digits = max(1, len(str(shard_size - 1)))
+        self.table = Table(tuple(columns), extra=("key", "caption"))
+        super().__init__(out_dir, ShardRule(max_samples=shard_size),
+                         {"format": "webdataset/1", "shard_size": shard_size,
+                          "caption": caption.template, "columns": self.table.signature()})
+
+    def key(self, number: int, index: int) -> str:
+        return f"{shard_name(number)}{index:0{self.index_digits}d}"
+
+    def open_writer(self, number: int) -> ShardWriter:
+        return _TarShard(self, number)
+
+    def shard_files(self, number: int) -> list[Path]:
+        stem = shard_name(number)
+        return [self.folder / f"{stem}.tar", self.folder / f"{stem}.parquet"]
+
+    def published_fingerprint(self, number: int) -> tuple[str, int] | None:
+        tar, parquet = self.shard_files(number)
+        meta = read_sdbatch_metadata(parquet) if parquet.is_file() else None
+        if meta is None:
+            return None
+        try:
+            tar_bytes = tar.stat().st_size
+        except OSError:
+            return None
+        if meta.get("tar_bytes") != tar_bytes or not isinstance(meta.get("fingerprint"), str):
+            return None
+        return meta["fingerprint"], tar_bytes + parquet.stat().st_size
+
+    def published_numbers(self) -> list[int]:
+        return [*shard_numbers(self.folder, ".tar"), *shard_numbers(self.folder, ".parquet")]
+
+    def stats_extra(self) -> dict[str, Any]:
+        return {"shard_size": self.shard_size}
+
+
+class _TarShard(ShardWriter):
+    """One shard's ``.tmp-`` tar, written member by member, and its streamed parquet."""
+
+    def __init__(self, exporter: WebDatasetExporter, number: int) -> None:
+        self.exporter = exporter
+        self.number = number
+        self.tar, self.parquet = exporter.shard_files(number)
+        self.tmp_tar, self.tmp_parquet = tmp_path(self.tar), tmp_path(self.parquet)
+        self._mtime_of: tuple[Any, int] = (None, 0)
+        try:
+            self.handle = self.tmp_tar.open("wb", buffering=_WRITE_BUFFER)
+        except OSError as exc:
+            raise output_error(exc, self.tmp_tar) from None
+        try:
+            self.rows = ParquetStream(self.tmp_parquet, exporter.table)
+        except BaseException:
+            self.handle.close()
+            self.tmp_tar.unlink(missing_ok=True)
+            raise
+        self.size = 0
+
+    def add(self, index: int, record: Record, image: bytes) -> None:
+        key = self.exporter.key(self.number, index)
+        caption = self.exporter.caption.render(record)
+        extension = PurePosixPath(record["file"]).suffix.lstrip(".").lower() or "bin"
+        sample = orjson.dumps({**record, "key": key, "caption": caption}, option=DUMP)
+        mtime = self._mtime(record.get("created"))
+        try:
+            self._member(f"{key}.{extension}", image, mtime)
+            self._member(f"{key}.txt", caption.encode("utf-8"), mtime)
+            self._member(f"{key}.json", sample, mtime)
+        except OSError as exc:
+            raise output_error(exc, self.tmp_tar) from None
+        self.rows.add(record, (key, caption))
+
+    def _member(self, name: str, data: bytes, mtime: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = mtime
+        info.mode = 0o644
+        header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+        padding = -len(data) % _BLOCK
+        self.handle.write(header)
+        self.handle.write(data)
+        if padding:
+            self.handle.write(b"\0" * padding)
+        self.size += len(header) + len(data) + padding
+
+    def _mtime(self, created: Any) -> int:
+        if created == self._mtime_of[0]:
+            return self._mtime_of[1]
+        try:
+            value = int(datetime.fromisoformat(created).timestamp())
+        except (TypeError, ValueError, OverflowError):
+            value = 0
+        self._mtime_of = (created, max(0, value))
+        return self._mtime_of[1]
+
+    def publish(self, fingerprint: str) -> int:
+        end = 2 * _BLOCK + (-(self.size + 2 * _BLOCK) % _RECORD)  # end-of-archive, as tarfile
+        try:
+            self.handle.write(b"\0" * end)
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+        except OSError as exc:
+            self.abort()
+            raise output_error(exc, self.tmp_tar) from None
+        tar_bytes = self.size + end
+        try:
+            parquet_bytes = self.rows.close({"fingerprint": fingerprint, "tar_bytes": tar_bytes,
+                                             "count": self.rows.rows})
+        except BaseException:
+            self.abort()
+            raise
+        publish_file(self.tmp_tar, self.tar)
+        publish_file(self.tmp_parquet, self.parquet)  # last: its footer says the shard is whole
+        return tar_bytes + parquet_bytes
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        self.rows.abort()
+        with contextlib.suppress(OSError):
+            self.tmp_tar.unlink(missing_ok=True)
