@@ -499,3 +499,223 @@ def test_cli_arguments_build_a_config() -> None:
     assert config.flavor == "forge" and config.dynamic_prompts
     assert config.samples_format == "webp" and config.auth == "u:p" and config.extra_images == 2
     assert config_from_args(parser.parse_args([])) == SimConfig()
+
+
+# --- server profiles: what real servers do (see shared/real-forge/) --------------------------
+
+FORGE = SimConfig(profile="forge", models=("tiny-a.safetensors", "tiny-b.safetensors"),
+                  loras=("tiny-lora",), vaes=("tiny-vae.safetensors",), embeddings=())
+
+
+def pixels(b64: str) -> bytes:
+    """The colours of an image (palette images compare by index otherwise)."""
+    return decode(b64).convert("RGB").tobytes()
+
+
+def infotext_of(body: dict[str, Any], index: int = 0) -> str:
+    return info_of(body)["infotexts"][index]
+
+
+def fields_of(infotext: str) -> dict[str, str]:
+    """The "Key: value" pairs of an infotext's last line (quoted values kept quoted)."""
+    out: dict[str, str] = {}
+    for part in infotext.rsplit("\n", 1)[-1].split(", "):
+        key, sep, value = part.partition(": ")
+        if sep:
+            out[key] = value
+    return out
+
+
+async def options_of(http: aiohttp.ClientSession, sim: SimServer) -> dict[str, Any]:
+    return await get(http, f"{sim.url}/sdapi/v1/options")
+
+
+async def post_options(http: aiohttp.ClientSession, sim: SimServer,
+                       changes: dict[str, Any]) -> tuple[int, Any]:
+    async with http.post(f"{sim.url}/sdapi/v1/options", json=changes) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_forge_titles_have_no_hash_until_loaded(start: Start, http) -> None:
+    sim = await start(FORGE, switch_cost_s=0.05)
+    models = await get(http, f"{sim.url}/sdapi/v1/sd-models")
+    assert [m["title"] for m in models] == list(FORGE.models)
+    assert all(m["hash"] is None and m["sha256"] is None for m in models)
+    options = await options_of(http, sim)
+    assert options["sd_model_checkpoint"] == FORGE.models[0] and options["sd_checkpoint_hash"] == ""
+    assert sim.stats.checkpoint_loads == 0, "Forge loads lazily, on the first generation"
+    a, b = (make_checkpoint(name) for name in FORGE.models)
+    early = await txt2img(http, sim, {"override_settings": {"sd_model_checkpoint": b.title}})
+    assert info_of(early)["sd_model_name"] == a.model_name, \
+        "a title with its hash is no known name before the server has hashed that file"
+    models = await get(http, f"{sim.url}/sdapi/v1/sd-models")
+    assert models[0]["title"] == a.title and models[0]["hash"] == a.shorthash
+    assert models[1]["title"] == b.name and models[1]["hash"] is None
+    await txt2img(http, sim, {"override_settings": {"sd_model_checkpoint": b.model_name},
+                              "override_settings_restore_afterwards": False})
+    assert (await options_of(http, sim))["sd_model_checkpoint"] == b.model_name, \
+        "the option holds the very string the client sent"
+    assert all(m["hash"] for m in await get(http, f"{sim.url}/sdapi/v1/sd-models"))
+    status, _ = await post_options(http, sim, {"sd_model_checkpoint": a.name})
+    assert status == 200 and (await options_of(http, sim))["sd_model_checkpoint"] == a.name
+    status, body = await post_options(http, sim, {"sd_model_checkpoint": "no-such-model"})
+    assert status == 500 and body["error"] == "RuntimeError" and "no-such-model" in body["message"]
+
+
+async def test_forge_silent_substitutions(start: Start, http) -> None:
+    sim = await start(FORGE)
+    base = {"prompt": "a house", "seed": 11, "sampler_name": "Euler"}
+    plain = await txt2img(http, sim, base)
+    unknown_lora = await txt2img(http, sim, {**base, "prompt": "a house <lora:no-such:0.8>"})
+    known_lora = await txt2img(http, sim, {**base, "prompt": "a house <lora:tiny-lora:0.8>"})
+    assert unknown_lora["images"][0] != plain["images"][0], "the infotexts differ (the prompt)"
+    assert pixels(unknown_lora["images"][0]) == pixels(plain["images"][0]), \
+        "an unknown LoRA is stripped: the pixels are those of no LoRA at all"
+    assert "Lora hashes" not in fields_of(infotext_of(unknown_lora))
+    assert "Lora hashes" not in info_of(unknown_lora)["extra_generation_params"]
+    assert pixels(known_lora["images"][0]) != pixels(plain["images"][0])
+    assert fields_of(infotext_of(known_lora))["Lora hashes"].startswith('"tiny-lora: ')
+    for asked in ("No Such Sampler", "k_euler_a"):  # an alias /samplers lists is no name here
+        info = info_of(await txt2img(http, sim, {**base, "sampler_name": asked}))
+        fields = fields_of(info["infotexts"][0])
+        assert (fields["Sampler"], fields["Schedule type"]) == ("DPM++ 2M", "Karras"), asked
+        assert info["sampler_name"] == "DPM++ 2M"
+        assert info["extra_generation_params"]["Schedule type"] == "Karras"
+    aliases = {s["name"]: s["aliases"] for s in await get(http, f"{sim.url}/sdapi/v1/samplers")}
+    assert "k_euler_a" in aliases["Euler a"]
+    fields = fields_of(infotext_of(await txt2img(http, sim, {**base, "scheduler": "Nope"})))
+    assert fields["Schedule type"] == "Automatic"
+    fields = fields_of(infotext_of(await txt2img(http, sim, {**base, "scheduler": "karras"})))
+    assert fields["Schedule type"] == "Karras"
+    fields = fields_of(infotext_of(await txt2img(http, sim, {"sampler_name": "DPM++ 2M Karras"})))
+    assert (fields["Sampler"], fields["Schedule type"]) == ("DPM++ 2M", "Karras")
+    loads = sim.stats.checkpoint_loads
+    body = await txt2img(http, sim, {**base, "override_settings": {
+        "sd_model_checkpoint": "no-such-model"}, "override_settings_restore_afterwards": False})
+    assert info_of(body)["sd_model_name"] == "tiny-a" and sim.stats.checkpoint_loads == loads
+    assert (await options_of(http, sim))["sd_model_checkpoint"] == FORGE.models[0]
+    assert fields_of(infotext_of(body))["CFG scale"] == "7.0", "numbers as Python prints them"
+    assert info_of(body)["version"].startswith("f2.")
+
+
+async def test_unsaved_override_settings_leak(start: Start, http) -> None:
+    sim = await start(FORGE, switch_cost_s=0.01)
+    first = await txt2img(http, sim, {"override_settings": {"samples_format": "jpg",
+                                                             "CLIP_stop_at_last_layers": 2}})
+    assert base64.b64decode(first["images"][0]).startswith(b"\xff\xd8\xff"), \
+        "a leaking override is still in force when the images are encoded"
+    assert fields_of(infotext_of(first))["Clip skip"] == "2"
+    options = await options_of(http, sim)
+    assert (options["samples_format"], options["CLIP_stop_at_last_layers"]) == ("jpg", 2), \
+        "restore is on, but the keys were not in the saved config: they stay"
+    later = await txt2img(http, sim, {})
+    assert base64.b64decode(later["images"][0]).startswith(b"\xff\xd8\xff")
+    assert fields_of(infotext_of(later))["Clip skip"] == "2"
+    for key, value in (("samples_format", "png"), ("CLIP_stop_at_last_layers", 1)):
+        assert (await post_options(http, sim, {key: value}))[0] == 200
+    again = await txt2img(http, sim, {"override_settings": {"samples_format": "jpg",
+                                                             "CLIP_stop_at_last_layers": 2}})
+    assert fields_of(infotext_of(again))["Clip skip"] == "2"
+    assert base64.b64decode(again["images"][0]).startswith(b"\x89PNG"), \
+        "a saved key is restored, before the images are encoded"
+    after = await txt2img(http, sim, {})
+    assert "Clip skip" not in fields_of(infotext_of(after))
+    assert (await options_of(http, sim))["samples_format"] == "png"
+    await txt2img(http, sim, {"override_settings": {"sd_model_checkpoint": "tiny-b"}})
+    assert (await options_of(http, sim))["sd_model_checkpoint"] == FORGE.models[0], \
+        "sd_model_checkpoint is always saved, so it is restored"
+    assert info_of(await txt2img(http, sim, {}))["sd_model_name"] == "tiny-a"
+
+
+async def test_classic_profile_restores_every_override(start: Start, http) -> None:
+    sim = await start()
+    await txt2img(http, sim, {"override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert "Clip skip" not in fields_of(infotext_of(await txt2img(http, sim, {})))
+
+
+async def test_forge_routes_and_vae(start: Start, http) -> None:
+    sim = await start(FORGE)
+    assert await get(http, f"{sim.url}/sdapi/v1/sd-vae", status=404) == {"detail": "Not Found"}
+    assert await get(http, f"{sim.url}/sdapi/v1/sd-modules") == [], "API-only Forge lists none"
+    async with http.get(f"{sim.url}/sdapi/v1/cmd-flags") as resp:
+        body = await resp.json()
+        assert resp.status == 500 and body["error"] == "ResponseValidationError"
+        assert isinstance(body["body"], dict) and "port" in body["message"]
+    base = {"prompt": "vae", "seed": 13}
+    plain = await txt2img(http, sim, base)
+    for override in ({"sd_vae": "tiny-vae.safetensors"},
+                     {"forge_additional_modules": ["tiny-vae.safetensors"]}):
+        body = await txt2img(http, sim, {**base, "override_settings": override})
+        assert infotext_of(body) == infotext_of(plain), f"{override} does nothing here"
+        assert pixels(body["images"][0]) == pixels(plain["images"][0])
+    assert (await options_of(http, sim))["forge_additional_modules"] == []
+    ui = await start(FORGE, forge_ui=True)
+    modules = await get(http, f"{ui.url}/sdapi/v1/sd-modules")
+    assert [m["model_name"] for m in modules] == ["tiny-vae.safetensors"]
+    with_vae = await txt2img(http, ui, {**base, "override_settings": {
+        "forge_additional_modules": ["tiny-vae.safetensors"]}})
+    text = infotext_of(with_vae)
+    assert text.endswith(", Module 1: tiny-vae") and "Version: f2." in text
+    assert pixels(with_vae["images"][0]) != pixels(plain["images"][0])
+    assert infotext_of(await txt2img(http, ui, base)).endswith("Module 1: tiny-vae"), "it leaks"
+    bad = await txt2img(http, ui, {**base, "override_settings": {
+        "forge_additional_modules": ["no/such/vae.safetensors"]}})
+    assert "Module 1" not in infotext_of(bad), "an unknown module resets the list to none"
+    await post_options(http, ui, {"forge_additional_modules": ["tiny-vae.safetensors"]})
+    assert (await options_of(http, ui))["forge_additional_modules"] == [modules[0]["filename"]]
+
+
+async def test_forge_error_shapes(start: Start, http) -> None:
+    sim = await start(FORGE)
+    body = await txt2img(http, sim, {"steps": "many"}, status=422)
+    (error,) = body["detail"]
+    assert error["loc"] == ["body", "steps"] and error["input"] == "many"
+    assert error["msg"].startswith("Input should be a valid integer") and error["url"]
+    async with http.post(f"{sim.url}/sdapi/v1/txt2img", data=b"{not json") as resp:
+        detail = (await resp.json())["detail"][0]
+        assert resp.status == 422 and detail["type"] == "json_invalid"
+        assert detail["loc"] == ["body", 1]
+    body = await txt2img(http, sim, {"batch_size": 0}, status=500)
+    assert set(body) == {"error", "detail", "body", "message"} and body["error"] == "IndexError"
+    await txt2img(http, sim, {"width": "64", "no_such_field": 1})  # lax ints, unknown fields
+    assert await get(http, f"{sim.url}/sdapi/v1/no-such-route", status=404) == \
+        {"detail": "Not Found"}
+    async with http.post(f"{sim.url}/sdapi/v1/img2img", json=SMALL) as resp:
+        assert resp.status == 404 and await resp.json() == {"detail": "Init image not found"}
+    parameters = (await txt2img(http, sim, {"seed": -1}))["parameters"]
+    assert parameters["seed"] == -1 and "distilled_cfg_scale" in parameters
+
+
+async def test_first_request_pays_the_model_load(start: Start, http) -> None:
+    forge = await start(FORGE, switch_cost_s=0.2, hash_cost_s=0.1)
+    started = time.monotonic()
+    await txt2img(http, forge, {})
+    first_s = time.monotonic() - started
+    started = time.monotonic()
+    await txt2img(http, forge, {})
+    again_s = time.monotonic() - started
+    assert first_s >= 0.3 > again_s and forge.stats.checkpoint_loads == 1
+    a1111 = await start(replace(FORGE, profile="a1111"), switch_cost_s=0.2)
+    started = time.monotonic()
+    await txt2img(http, a1111, {})
+    assert time.monotonic() - started < 0.2, "A1111 loads its model at start"
+
+
+async def test_a1111_profile(start: Start, http) -> None:
+    sim = await start(replace(FORGE, profile="a1111"))
+    a, b = (make_checkpoint(name) for name in FORGE.models)
+    models = await get(http, f"{sim.url}/sdapi/v1/sd-models")
+    assert models[0]["title"] == a.title and models[1]["hash"] is None, "loaded at start"
+    assert (await options_of(http, sim))["sd_model_checkpoint"] == a.title
+    await txt2img(http, sim, {"override_settings": {"sd_model_checkpoint": "tiny-b"},
+                              "override_settings_restore_afterwards": False})
+    assert (await options_of(http, sim))["sd_model_checkpoint"] == b.title, \
+        "A1111 writes the title of what it loaded"
+    assert await get(http, f"{sim.url}/sdapi/v1/sd-vae")
+    await get(http, f"{sim.url}/sdapi/v1/sd-modules", status=404)
+    fields = fields_of(infotext_of(await txt2img(http, sim, {
+        "sampler_name": "k_euler_a", "override_settings": {"sd_vae": "tiny-vae.safetensors"}})))
+    assert fields["Sampler"] == "DPM++ 2M" and fields["VAE"] == "tiny-vae.safetensors"
+    body = await txt2img(http, sim, {"steps": "many"}, status=422)
+    assert body["detail"][0]["msg"] == "value is not a valid integer"
+    assert "errors" in await txt2img(http, sim, {"batch_size": 0}, status=500)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.sim.config import FLAVORS, SAMPLES_FORMATS, SimConfig
+from pipeline.sim.profiles import PROFILES
 
 _DEFAULTS = SimConfig()
 
@@ -41,14 +42,34 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                           "(/sdapi/v1/loras, /internal/* and /sim/* stay open)")
 
     server = parser.add_argument_group("what the backend is")
+    server.add_argument("--profile", choices=tuple(PROFILES), default=_DEFAULTS.profile,
+                        help="which server kind to imitate, as it really behaves: a1111 "
+                             "(v1.10: titles without hashes until loaded, aliases and unknown "
+                             "samplers silently substituted, unsaved override settings leak), "
+                             "forge (as recorded: all that, plus lazy model loading, no "
+                             "/sd-vae, sd_vae ignored, /cmd-flags 500, pydantic-2 errors), "
+                             "sdnext (404 for unknown samplers, no /schedulers, a 429 rate "
+                             "budget); classic (default): the idealised original simulator, "
+                             "whose --flavor picks a few fork differences")
     server.add_argument("--flavor", choices=FLAVORS, default=_DEFAULTS.flavor,
-                        help="which server to imitate: a1111 (v1.10: unknown sampler silently "
+                        help="classic profile only: a1111 (v1.10: unknown sampler silently "
                              "becomes the first), a1111-1.9 (unknown sampler -> 404), forge "
                              "(/sd-modules, 'message' in errors), sdnext (404 for unknown "
                              "sampler, no /schedulers, fewer info keys) (default a1111)")
-    server.add_argument("--webui-version", dest="webui_version", default=_DEFAULTS.version,
-                        help=f"version string reported in info and infotexts "
-                             f"(default {_DEFAULTS.version})")
+    server.add_argument("--webui-version", dest="webui_version", default=None,
+                        help="version string reported in info and infotexts (default: the "
+                             "profile's, e.g. v1.10.1 or Forge's f2.0.1v1.10.1-previous-...)")
+    server.add_argument("--forge-ui", action="store_true",
+                        help="forge: act as if its UI were built, so /sd-modules lists the VAEs "
+                             "and forge_additional_modules work (API-only Forge lists none)")
+    server.add_argument("--hash-cache", type=_names, default=(), metavar="A,B,...",
+                        help="realistic profiles: checkpoints whose hash the server has cached "
+                             "at start (the others have titles without ' [hash]' until loaded)")
+    server.add_argument("--saved-options", type=_names, default=_DEFAULTS.saved_options,
+                        metavar="KEY,...",
+                        help="a1111/forge: settings config.json already holds; overriding any "
+                             "other leaks into later requests (default: "
+                             + ",".join(_DEFAULTS.saved_options) + ", a fresh install)")
     server.add_argument("--models", type=_names, default=_DEFAULTS.models, metavar="A,B,...",
                         help="checkpoint file names (default: " + ", ".join(_DEFAULTS.models) + ")")
     server.add_argument("--loaded-model", default=None, metavar="NAME",
@@ -84,7 +105,25 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--latency-s", type=_non_negative, default=0.0, metavar="S",
                         help="seconds per generated image (a sleep, not CPU; default 0)")
     timing.add_argument("--switch-cost-s", type=_non_negative, default=0.0, metavar="S",
-                        help="seconds per checkpoint load (default 0)")
+                        help="seconds per checkpoint load, the first after start included; "
+                             "Forge loads on the first request (default 0)")
+    timing.add_argument("--hash-cost-s", type=_non_negative, default=0.0, metavar="S",
+                        help="seconds added to a checkpoint's first load, when the server hashes "
+                             "it (realistic profiles; default 0)")
+    timing.add_argument("--prepare-s", type=_non_negative, default=0.0, metavar="S",
+                        help="realistic profiles: seconds per job before its first sampling "
+                             "step, when /progress sits at 0.01 (default 0)")
+
+    rate = parser.add_argument_group("rate budget (sdnext)")
+    rate.add_argument("--rate-limit-per-min", type=int, default=_DEFAULTS.rate_limit_per_min,
+                      metavar="N", help="cost units per client and route per window; txt2img "
+                                        "costs 5, most others 1; 0 turns it off (default "
+                                        f"{_DEFAULTS.rate_limit_per_min})")
+    rate.add_argument("--rate-window-s", type=float, default=_DEFAULTS.rate_window_s,
+                      metavar="S", help=f"the budget's window (default {_DEFAULTS.rate_window_s:g})")
+    rate.add_argument("--no-retry-after", dest="rate_retry_after", action="store_false",
+                      help="answer 429 without a Retry-After header (SD.Next's own code sends "
+                           "none)")
 
     faults = parser.add_argument_group(
         "fault injection", "fractions of generation requests (0..1, adding up to at most 1), "
@@ -132,10 +171,19 @@ def _build(get: Any, schedulers: tuple[str, ...] | None) -> SimConfig:
         loras=tuple(get("loras", _DEFAULTS.loras)),
         vaes=tuple(get("vaes", _DEFAULTS.vaes)),
         embeddings=tuple(get("embeddings", _DEFAULTS.embeddings)),
+        profile=get("profile", _DEFAULTS.profile),
         flavor=get("flavor", _DEFAULTS.flavor),
         version=get("webui_version", _DEFAULTS.version),
         latency_s=get("latency_s", 0.0),
         switch_cost_s=get("switch_cost_s", 0.0),
+        hash_cost_s=get("hash_cost_s", 0.0),
+        prepare_s=get("prepare_s", 0.0),
+        hash_cache=tuple(get("hash_cache", ())),
+        saved_options=tuple(get("saved_options", _DEFAULTS.saved_options)),
+        forge_ui=bool(get("forge_ui", False)),
+        rate_limit_per_min=get("rate_limit_per_min", _DEFAULTS.rate_limit_per_min),
+        rate_window_s=get("rate_window_s", _DEFAULTS.rate_window_s),
+        rate_retry_after=bool(get("rate_retry_after", True)),
         samples_format=get("samples_format", _DEFAULTS.samples_format),
         auth=get("auth", None),
         dynamic_prompts=bool(get("dynamic_prompts", False)),

@@ -2,8 +2,10 @@
 
 ``SimConfig`` is frozen; at run time a new one replaces the old (``POST /sim/config``), built
 with :func:`apply_changes`, which checks names and types so a typo is an error, not a no-op.
-:class:`Catalogue` derives everything name-shaped from a config: checkpoint titles and hashes,
-LoRA hashes, and the lookup a request's ``sd_model_checkpoint`` goes through.
+``profile`` names the server kind imitated (``profiles.py``); ``flavor`` is the older, coarser
+switch of the ``classic`` profile. :class:`Catalogue` derives everything name-shaped from a
+config: checkpoint titles and hashes, LoRA hashes, and the lookup a request's
+``sd_model_checkpoint`` goes through.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import types
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.sim.profiles import PROFILES, ServerProfile, profile_named
 
 FLAVORS = ("a1111", "a1111-1.9", "forge", "sdnext")
 SAMPLES_FORMATS = ("png", "jpg", "webp")
@@ -35,10 +39,19 @@ class SimConfig:
     loras: tuple[str, ...] = ("detail_tweaker", "add_brightness", "film_grain")
     vaes: tuple[str, ...] = ("vae-ft-mse-840000-ema-pruned.safetensors",)
     embeddings: tuple[str, ...] = ("easynegative",)
-    flavor: str = "a1111"
-    version: str = "v1.10.1"
+    profile: str = "classic"
+    flavor: str = "a1111"  # classic profile only
+    version: str | None = None  # None: the profile's (Forge: f2.0.1v1.10.1-previous-669-...)
     latency_s: float = 0.0
     switch_cost_s: float = 0.0
+    hash_cost_s: float = 0.0  # added to a checkpoint's first load (the server hashes it then)
+    prepare_s: float = 0.0  # per job, before the first sampling step
+    hash_cache: tuple[str, ...] = ()  # checkpoints whose hash is cached at start
+    saved_options: tuple[str, ...] = ("sd_model_checkpoint",)  # keys config.json holds
+    forge_ui: bool = False  # Forge built its UI: /sd-modules lists the VAEs
+    rate_limit_per_min: int = 300  # sdnext: request budget per client and route, 0 = off
+    rate_window_s: float = 60.0  # sdnext: the budget's window
+    rate_retry_after: bool = True  # sdnext: send Retry-After with a 429
     samples_format: str = "png"
     auth: str | None = None
     dynamic_prompts: bool = False
@@ -54,8 +67,12 @@ class SimConfig:
     image_size_cap: int = 2048
 
     def __post_init__(self) -> None:
+        profile_named(self.profile)
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor {self.flavor!r} is not one of {', '.join(FLAVORS)}")
+        if self.profile != "classic" and self.flavor != "a1111":
+            raise ValueError(f"flavor {self.flavor!r} applies to the classic profile only; "
+                             f"profile {self.profile!r} is a server kind of its own")
         fmt = normalize_format(self.samples_format)
         if fmt is None:
             raise ValueError(f"samples_format {self.samples_format!r} is not one of "
@@ -72,9 +89,12 @@ class SimConfig:
         total = sum(getattr(self, name) for name in FAULT_RATES)
         if total > 1.0 + 1e-9:
             raise ValueError(f"the fault rates add up to {total:.3g}, more than 1")
-        for name in ("latency_s", "switch_cost_s", "hang_s"):
+        for name in ("latency_s", "switch_cost_s", "hash_cost_s", "prepare_s", "hang_s",
+                     "rate_limit_per_min"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.rate_window_s <= 0:
+            raise ValueError("rate_window_s must be positive")
         if self.extra_images < 0:
             raise ValueError("extra_images must not be negative")
         if self.image_size_cap < 8:
@@ -83,13 +103,34 @@ class SimConfig:
             raise ValueError("auth must look like 'user:pass[,user2:pass2]'")
 
     @property
+    def server(self) -> ServerProfile:
+        """What the imitated server kind does (``profiles.py``)."""
+        return PROFILES[self.profile]
+
+    @property
+    def kind(self) -> str:
+        """The server kind error bodies and wording follow: the profile's, or (classic) the
+        flavour."""
+        return self.flavor if self.profile == "classic" else self.server.kind
+
+    @property
+    def webui_version(self) -> str:
+        return self.version if self.version is not None else self.server.version
+
+    @property
     def sampler_strict(self) -> bool:
         """Does an unknown sampler get 404 (v1.9, SD.Next) instead of silently the first one?"""
-        return self.flavor in ("a1111-1.9", "sdnext")
+        if self.profile == "classic":
+            return self.flavor in ("a1111-1.9", "sdnext")
+        return self.server.unknown_sampler_404
 
     @property
     def has_schedulers(self) -> bool:
-        return self.schedulers is not None and self.flavor != "sdnext"
+        if self.schedulers is None:
+            return False
+        if self.profile == "classic":
+            return self.flavor != "sdnext"
+        return self.server.schedulers_route
 
 
 def normalize_format(value: str) -> str | None:
@@ -130,7 +171,12 @@ class Checkpoint:
     def title(self) -> str:
         return f"{self.name} [{self.shorthash}]"
 
-    def listing(self) -> dict[str, Any]:
+    def listing(self, *, hashed: bool = True) -> dict[str, Any]:
+        """The ``/sd-models`` entry; before the server has hashed the file (on its first
+        load) the title has no " [hash]" and both hashes are null, as A1111 and Forge list it."""
+        if not hashed:
+            return {"title": self.name, "model_name": self.model_name, "hash": None,
+                    "sha256": None, "filename": self.filename, "config": None}
         return {"title": self.title, "model_name": self.model_name, "hash": self.shorthash,
                 "sha256": self.sha256, "filename": self.filename, "config": None}
 
@@ -147,26 +193,42 @@ class Catalogue:
     """Everything name-shaped a config implies, with the lookups requests go through."""
 
     checkpoints: tuple[Checkpoint, ...]
-    aliases: dict[str, Checkpoint]  # every accepted spelling -> checkpoint
+    aliases: dict[str, Checkpoint]  # every spelling accepted without a hash -> checkpoint
+    hash_aliases: dict[str, Checkpoint]  # title with hash, short and full hash -> checkpoint
     lora_hashes: dict[str, str]  # LoRA name -> 12-hex short hash
 
     @classmethod
     def from_config(cls, config: SimConfig) -> Catalogue:
         checkpoints = tuple(make_checkpoint(name) for name in config.models)
         aliases: dict[str, Checkpoint] = {}
+        hash_aliases: dict[str, Checkpoint] = {}
         for ckpt in reversed(checkpoints):  # the first model wins a shared spelling
             base = ckpt.name.replace("\\", "/").rsplit("/", 1)[-1]
-            for spelling in (ckpt.title, ckpt.name, base, ckpt.model_name, ckpt.shorthash,
-                             ckpt.sha256, ckpt.filename):
+            stem = base.rsplit(".", 1)[0] if "." in base else base
+            for spelling in (ckpt.name, base, stem, ckpt.model_name, ckpt.filename):
                 aliases[spelling] = ckpt
+            for spelling in (ckpt.title, ckpt.shorthash, ckpt.sha256):
+                hash_aliases[spelling] = ckpt
         lora_hashes = {name: sha256_hex(f"lora:{name}")[:12] for name in config.loras}
-        return cls(checkpoints=checkpoints, aliases=aliases, lora_hashes=lora_hashes)
+        return cls(checkpoints=checkpoints, aliases=aliases, hash_aliases=hash_aliases,
+                   lora_hashes=lora_hashes)
 
-    def resolve(self, name: Any) -> Checkpoint | None:
-        """A checkpoint by title, model name, file name, short or full hash; None if unknown."""
+    def resolve(self, name: Any, hashed: set[str] | None = None) -> Checkpoint | None:
+        """A checkpoint by title, model name, file name, short or full hash; None if unknown.
+
+        With ``hashed`` (the names the server has hashed so far) a spelling that carries the
+        hash only works for those, as A1111 and Forge register hash aliases on first load.
+        """
         if not isinstance(name, str) or not name.strip():
             return None
-        return self.aliases.get(name.strip())
+        name = name.strip()
+        found = self.aliases.get(name)
+        if found is not None:
+            return found
+        found = self.hash_aliases.get(name)
+        if found is not None and (hashed is None or found.name in hashed):
+            return found
+        return None
 
     def initial(self, config: SimConfig) -> Checkpoint | None:
         """The model loaded at start: ``loaded_model`` resolved, the first one, or none ("")."""

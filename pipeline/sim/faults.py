@@ -91,6 +91,14 @@ def http_error(flavor: str, status: int, detail: str) -> dict[str, Any]:
                       status=status)
 
 
+def http_error_for(config: SimConfig, status: int, detail: str) -> dict[str, Any]:
+    """An HTTPException as this server answers it: Forge (recorded) lets FastAPI word it,
+    ``{"detail": ...}`` alone; A1111 and SD.Next send their full error body."""
+    if config.server.http_detail_only:
+        return {"detail": detail}
+    return http_error(config.kind, status, detail)
+
+
 def simulated_error(flavor: str) -> dict[str, Any]:
     return error_body(flavor, "RuntimeError", "simulated failure")
 

@@ -1,42 +1,37 @@
-"""From a parsed request to what the WebUI would do and report: pure, no I/O.
+"""From a parsed request to what the WebUI would do: pure, no I/O.
 
-:func:`plan_generation` resolves what the server decides on its own (random seeds, sampler and
-scheduler substitutions, Dynamic Prompts re-expansion, which LoRA tags it knows) into a frozen
-:class:`GenerationPlan`. :func:`build_info` and :func:`infotext` then word the result as
-A1111 v1.10 does: the ``info`` JSON object and the "PNG Info" text.
+:func:`plan_generation` resolves what the server decides on its own from the request alone
+(random seeds, sampler and scheduler substitutions, Dynamic Prompts re-expansion, which LoRA
+tags it knows) into a frozen :class:`GenerationPlan`. What depends on the server's state (the
+checkpoint an override names, the live settings an override may leak into) is settled later,
+under the queue lock, by ``jobs.run_job``. ``wording.py`` then words the result.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.sim import dynamic
-from pipeline.sim.config import Catalogue, Checkpoint, SimConfig, sha256_hex
-from pipeline.sim.faults import http_error
-from pipeline.sim.request import GenerationRequest, RequestInvalid, unprocessable
+from pipeline.sim import dynamic, forge_data
+from pipeline.sim.config import Catalogue, Checkpoint, SimConfig
+from pipeline.sim.faults import error_body, http_error_for
+from pipeline.sim.request import GenerationRequest, RequestInvalid, out_of_range
+from pipeline.sim.samplers import resolve_sampler
 
 log = logging.getLogger(__name__)
 
 Endpoint = Literal["txt2img", "img2img"]
 SEED_MAX = 4294967294  # the WebUI draws random seeds from range(2**32 - 2)
-SAMPLER_ALIASES = {
-    "DPM++ 2M": ["k_dpmpp_2m"], "Euler a": ["k_euler_a", "k_euler_ancestral"],
-    "Euler": ["k_euler"], "DPM++ SDE": ["k_dpmpp_sde"], "DDIM": [], "UniPC": [],
-    "LMS": ["k_lms"], "Heun": ["k_heun"], "DPM2": ["k_dpm_2"], "DPM2 a": ["k_dpm_2_a"],
-    "DPM++ 2S a": ["k_dpmpp_2s_a"], "DPM++ 2M SDE": ["k_dpmpp_2m_sde_ka"], "PLMS": [],
-    "LCM": ["k_lcm"], "Restart": ["restart"],
-}
-_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationPlan:
-    """Everything the server resolved for one request; ``model`` is set once the lock is held."""
+    """Everything the server resolved for one request; the fields after ``model`` are set
+    once the queue lock is held (``jobs.run_job``)."""
 
     endpoint: Endpoint
     prompt: str
@@ -66,59 +61,23 @@ class GenerationPlan:
     extra_generation_params: dict[str, Any] = field(hash=False, compare=False)
     save_images: bool = False
     send_images: bool = True
-    checkpoint: Checkpoint | None = None  # the override asked for, when the server knows it
+    checkpoint_asked: str | None = None  # override_settings.sd_model_checkpoint, as sent
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    networks: tuple[tuple[str, float], ...] = ()  # known LoRAs and their weights
     restore_afterwards: bool = True
     model: Checkpoint | None = None
+    modules: tuple[str, ...] = ()  # Forge's additional modules in force (file names)
+    samples_format: str = "png"
 
     @property
     def total_images(self) -> int:
         return len(self.all_seeds)
 
 
-def resolve_sampler(req: GenerationRequest, config: SimConfig) -> tuple[str, str | None]:
-    """(sampler, scheduler label) as the server resolves them; 404 where the flavour says so."""
-    asked = req.sampler_name or req.value("sampler_index") or "Euler"
-    name = asked.strip()
-    labels = config.schedulers if config.has_schedulers and config.schedulers else ()
-    scheduler = labels[0] if labels else None
-    if labels:
-        wanted = (req.scheduler or "").strip()
-        for label in labels:
-            if wanted in (label, scheduler_name(label)):
-                scheduler = label
-        # a legacy combined name ("DPM++ 2M Karras") is split into sampler + scheduler
-        for label in sorted(labels, key=len, reverse=True):
-            if name.endswith(" " + label):
-                name, scheduler = name[: -len(label) - 1], label
-                break
-    known = sampler_names(config)
-    if name in known:
-        return name, scheduler
-    for sampler in config.samplers:
-        if name.lower() in (alias.lower() for alias in SAMPLER_ALIASES.get(sampler, [])):
-            return sampler, scheduler
-    if config.sampler_strict:
-        raise RequestInvalid(404, http_error(config.flavor, 404, "Sampler not found"))
-    log.info("unknown sampler %r: using %r instead", asked, config.samplers[0])
-    return config.samplers[0], scheduler
-
-
-def scheduler_name(label: str) -> str:
-    """The scheduler's machine name beside its label: "SGM Uniform" -> "sgm_uniform"."""
-    return label.lower().replace(" ", "_")
-
-
-def sampler_names(config: SimConfig) -> tuple[str, ...]:
-    """Sampler names the server lists. Servers without schedulers (A1111 < 1.9) list the
-    combined "<sampler> Karras" names as samplers of their own."""
-    if config.has_schedulers or config.flavor == "sdnext":
-        return config.samplers
-    combined = tuple(f"{name} Karras" for name in config.samplers if name.startswith("DPM"))
-    return (*config.samplers, *combined)
-
-
 def check_sizes(req: GenerationRequest, config: SimConfig) -> tuple[int, int, int, int]:
-    """(width, height, out_width, out_height), or 422 for sizes the simulator will not draw."""
+    """(width, height, out_width, out_height), or 422 for sizes the simulator will not draw;
+    realistic servers fail batch_size or n_iter 0 with a 500 IndexError, as Forge does."""
+    full_v2 = config.server.pydantic_v2 and config.server.realistic
     width, height = int(req.value("width")), int(req.value("height"))
     out_w, out_h = width, height
     if req.enable_hr and req.init_images is None:
@@ -133,15 +92,17 @@ def check_sizes(req: GenerationRequest, config: SimConfig) -> tuple[int, int, in
     for name, value in (("width", width), ("height", height), ("width", out_w),
                         ("height", out_h)):
         if value > cap:
-            raise unprocessable(name, f"ensure this value is less than or equal to {cap}",
-                                "value_error.number.not_le")
+            raise out_of_range(name, "le", cap, value, full_v2=full_v2)
         if value < 8:
-            raise unprocessable(name, "ensure this value is greater than or equal to 8",
-                                "value_error.number.not_ge")
+            raise out_of_range(name, "ge", 8, value, full_v2=full_v2)
     for name in ("batch_size", "n_iter", "steps"):
-        if int(req.value(name)) < 1:
-            raise unprocessable(name, "ensure this value is greater than or equal to 1",
-                                "value_error.number.not_ge")
+        value = int(req.value(name))
+        if value >= 1:
+            continue
+        if config.server.batch_size_zero_error and name != "steps":
+            raise RequestInvalid(500, error_body(config.kind, "IndexError",
+                                                 "list index out of range"))
+        raise out_of_range(name, "ge", 1, value, full_v2=full_v2)
     return width, height, out_w, out_h
 
 
@@ -150,26 +111,32 @@ def check_scripts(req: GenerationRequest, endpoint: Endpoint, config: SimConfig)
     WebUI matches titles case-insensitively)."""
     selectable, alwayson = scripts(config, endpoint)
     if req.script_name and req.script_name.lower() not in selectable:
-        raise RequestInvalid(422, http_error(config.flavor, 422,
+        raise RequestInvalid(422, http_error_for(config, 422,
                                              f"Script '{req.script_name}' not found"))
     for title in req.alwayson_scripts or {}:
         if title.lower() in selectable:
-            raise RequestInvalid(422, http_error(
-                config.flavor, 422, "Cannot have a selectable script in the always on scripts "
+            raise RequestInvalid(422, http_error_for(
+                config, 422, "Cannot have a selectable script in the always on scripts "
                 "params"))
         if title.lower() not in alwayson:
-            raise RequestInvalid(422, http_error(config.flavor, 422,
+            raise RequestInvalid(422, http_error_for(config, 422,
                                                  f"always on script {title} not found"))
 
 
 def scripts(config: SimConfig, endpoint: Endpoint) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(selectable, always-on) script names, lower-case as ``/sdapi/v1/scripts`` lists them."""
-    selectable = ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]
-    alwayson = ["extra options", "hypertile", "refiner", "sampler", "seed"]
-    if endpoint == "img2img":
-        selectable += ["img2img alternative test", "loopback", "outpainting mk2",
-                       "poor man's outpainting", "sd upscale"]
-        alwayson.append("soft inpainting")
+    """(selectable, always-on) script names, lower-case as ``/sdapi/v1/scripts`` lists them
+    (Forge: its recorded list, with its integrated extensions)."""
+    if config.server.kind == "forge" and config.server.realistic:
+        names = forge_data.SCRIPTS[endpoint]
+        cut = names.index("x/y/z plot") + 1
+        selectable, alwayson = list(names[:cut]), list(names[cut:])
+    else:
+        selectable = ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]
+        alwayson = ["extra options", "hypertile", "refiner", "sampler", "seed"]
+        if endpoint == "img2img":
+            selectable += ["img2img alternative test", "loopback", "outpainting mk2",
+                           "poor man's outpainting", "sd upscale"]
+            alwayson.append("soft inpainting")
     if config.dynamic_prompts:
         alwayson.insert(0, dynamic.TITLE.lower())
     return tuple(selectable), tuple(alwayson)
@@ -189,6 +156,9 @@ def plan_generation(req: GenerationRequest, endpoint: Endpoint, config: SimConfi
     all_subseeds = tuple(subseed + i for i in range(count))
     prompt, negative = req.value("prompt"), req.value("negative_prompt")
     extra: dict[str, Any] = {}
+    realistic = config.server.realistic
+    if realistic and scheduler is not None and scheduler != _automatic(config):
+        extra["Schedule type"] = scheduler  # set while sampling, as A1111's get_sigmas does
     all_prompts, all_negatives = [prompt] * count, [negative] * count
     if dynamic.is_enabled(config.dynamic_prompts, req.alwayson_scripts):
         all_prompts = [dynamic.expand_random(prompt, random.Random(s * 1_000_003 + i))
@@ -199,14 +169,12 @@ def plan_generation(req: GenerationRequest, endpoint: Endpoint, config: SimConfi
             extra["Template"] = prompt
         if any(n != negative for n in all_negatives):
             extra["Negative Template"] = negative
-    lora_hashes = _lora_hashes(all_prompts + all_negatives, catalogue)
-    if lora_hashes:
-        extra["Lora hashes"] = lora_hashes
-    overrides = req.override_settings or {}
-    checkpoint = catalogue.resolve(overrides.get("sd_model_checkpoint"))
-    if overrides.get("sd_model_checkpoint") and checkpoint is None:
-        log.info("unknown checkpoint %r in override_settings: ignored",
-                 overrides.get("sd_model_checkpoint"))
+    networks = known_networks(all_prompts + all_negatives, catalogue)
+    if networks:
+        extra["Lora hashes"] = ", ".join(f"{name}: {catalogue.lora_hashes[name]}"
+                                         for name in dict.fromkeys(n for n, _ in networks))
+    overrides = dict(req.override_settings or {})
+    asked = overrides.pop("sd_model_checkpoint", None)
     vae = overrides.get("sd_vae")
     vae = vae if isinstance(vae, str) and vae in config.vaes else None
     clip_skip = overrides.get("CLIP_stop_at_last_layers", 1)
@@ -239,126 +207,43 @@ def plan_generation(req: GenerationRequest, endpoint: Endpoint, config: SimConfi
                           int(req.value("seed_resize_from_h"))),
         clip_skip=clip_skip, styles=tuple(req.styles or ()), vae=vae,
         extra_generation_params=extra, save_images=bool(req.save_images),
-        send_images=bool(req.value("send_images")), checkpoint=checkpoint,
+        send_images=bool(req.value("send_images")),
+        checkpoint_asked=asked if isinstance(asked, str) and asked.strip() else None,
+        overrides=overrides, networks=networks,
         restore_afterwards=bool(req.value("override_settings_restore_afterwards")),
+        samples_format=config.samples_format,
     )
+
+
+def _automatic(config: SimConfig) -> str | None:
+    return config.schedulers[0] if config.schedulers else None
 
 
 def _fixed_seed(seed: int | None, rng: random.Random) -> int:
     return rng.randrange(SEED_MAX) if seed is None or seed == -1 else int(seed)
 
 
-def _lora_hashes(prompts: list[str], catalogue: Catalogue) -> str | None:
-    """"name: hash, ..." for the LoRA tags the server has; the others are logged and ignored."""
-    found: dict[str, str] = {}
+def known_networks(prompts: list[str], catalogue: Catalogue) -> tuple[tuple[str, float], ...]:
+    """(name, weight) of the LoRA tags the server has, in prompt order; the others are logged
+    and dropped, as the WebUI drops them (the image is the same as without the tag)."""
+    found: list[tuple[str, float]] = []
     for text in dict.fromkeys(prompts):
-        for kind, args in _EXTRA_NETWORK.findall(text):
+        for kind, args in EXTRA_NETWORK.findall(text):
             if kind not in ("lora", "lyco"):
                 continue
-            name = args.split(":", 1)[0].strip()
-            if name in catalogue.lora_hashes:
-                found[name] = catalogue.lora_hashes[name]
-            else:
+            name, _, rest = args.partition(":")
+            name = name.strip()
+            if name not in catalogue.lora_hashes:
                 log.info("couldn't find Lora with name %r: ignored", name)
-    return ", ".join(f"{name}: {h}" for name, h in found.items()) or None
+                continue
+            try:
+                weight = float(rest.split(":", 1)[0]) if rest.strip() else 1.0
+            except ValueError:
+                weight = 1.0
+            found.append((name, weight))
+    return tuple(found)
 
 
-def vae_hash(name: str) -> str:
-    return sha256_hex(f"vae:{name}")[:8]
-
-
-def quote(value: Any) -> str:
-    """Quote an infotext value as the WebUI does (JSON string when it has , : or newline)."""
-    text = str(value)
-    if "," not in text and "\n" not in text and ":" not in text:
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-def infotext(plan: GenerationPlan, config: SimConfig, index: int, *,
-             use_main_prompt: bool = False) -> str:
-    """The "PNG Info" text of generation ``index`` (or of the grid, ``use_main_prompt``)."""
-    model = plan.model
-    params: dict[str, Any] = {
-        "Steps": plan.steps,
-        "Sampler": plan.sampler,
-        "Schedule type": plan.scheduler,
-        "CFG scale": _number(plan.cfg_scale),
-        "Seed": plan.all_seeds[0] if use_main_prompt else plan.all_seeds[index],
-        "Face restoration": "CodeFormer" if plan.restore_faces else None,
-        "Size": f"{plan.width}x{plan.height}",
-        "Model hash": model.shorthash if model else None,
-        "Model": model.model_name if model else None,
-        "VAE hash": vae_hash(plan.vae) if plan.vae else None,
-        "VAE": plan.vae,
-        "Variation seed": None if plan.subseed_strength == 0 else (
-            plan.all_subseeds[0] if use_main_prompt else plan.all_subseeds[index]),
-        "Variation seed strength": None if plan.subseed_strength == 0 else _number(
-            plan.subseed_strength),
-        "Seed resize from": (None if min(plan.seed_resize_from) <= 0
-                             else "{}x{}".format(*plan.seed_resize_from)),
-        "Clip skip": None if plan.clip_skip <= 1 else plan.clip_skip,
-        "Tiling": "True" if plan.tiling else None,
-        **{k: _number(v) for k, v in plan.extra_generation_params.items()},
-        "Version": config.version if config.flavor != "sdnext" else None,
-    }
-    line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
-    prompt = plan.prompt if use_main_prompt else plan.all_prompts[index]
-    negative = plan.negative_prompt if use_main_prompt else plan.all_negative_prompts[index]
-    negative_line = f"\nNegative prompt: {negative}" if negative else ""
-    return f"{prompt}{negative_line}\n{line}".strip()
-
-
-def _number(value: Any) -> Any:
-    """7.0 -> 7, as Python's repr of the WebUI's values reads in infotexts."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def build_info(plan: GenerationPlan, config: SimConfig, *, generated: int, grid: bool,
-               job_timestamp: str) -> dict[str, Any]:
-    """The ``info`` object (sent as a JSON string) for a job that made ``generated`` images."""
-    model = plan.model
-    infotexts = [infotext(plan, config, i) for i in range(generated)]
-    if grid:
-        infotexts.insert(0, infotext(plan, config, 0, use_main_prompt=True))
-    info: dict[str, Any] = {
-        "prompt": plan.prompt,
-        "all_prompts": list(plan.all_prompts),
-        "negative_prompt": plan.negative_prompt,
-        "all_negative_prompts": list(plan.all_negative_prompts),
-        "seed": plan.all_seeds[0],
-        "all_seeds": list(plan.all_seeds),
-        "subseed": plan.all_subseeds[0],
-        "all_subseeds": list(plan.all_subseeds),
-        "subseed_strength": plan.subseed_strength,
-        "width": plan.width,
-        "height": plan.height,
-        "sampler_name": plan.sampler,
-        "cfg_scale": plan.cfg_scale,
-        "steps": plan.steps,
-        "batch_size": plan.batch_size,
-        "restore_faces": plan.restore_faces,
-        "face_restoration_model": "CodeFormer" if plan.restore_faces else None,
-        "sd_model_name": model.model_name if model else None,
-        "sd_model_hash": model.shorthash if model else None,
-        "sd_vae_name": plan.vae,
-        "sd_vae_hash": vae_hash(plan.vae) if plan.vae else None,
-        "seed_resize_from_w": plan.seed_resize_from[0],
-        "seed_resize_from_h": plan.seed_resize_from[1],
-        "denoising_strength": plan.denoising_strength,
-        "extra_generation_params": dict(plan.extra_generation_params),
-        "index_of_first_image": 1 if grid else 0,
-        "styles": list(plan.styles),
-        "job_timestamp": job_timestamp,
-        "clip_skip": plan.clip_skip,
-        "is_using_inpainting_conditioning": False,
-        "version": config.version,
-        "infotexts": infotexts,
-    }
-    if config.flavor == "sdnext":
-        for key in ("index_of_first_image", "infotexts", "version", "face_restoration_model",
-                    "sd_vae_hash", "is_using_inpainting_conditioning", "clip_skip"):
-            info.pop(key)
-    return info
+def strip_networks(text: str) -> str:
+    """The prompt as the model sees it: every ``<kind:...>`` extra-network tag removed."""
+    return " ".join(EXTRA_NETWORK.sub("", text).split())

@@ -4,6 +4,9 @@ A generation is a palette image: a two-colour gradient (its index plane cached p
 orientation, its colours from the seed), a few seeded shapes and a caption band holding the
 prompt and ``seed N``, so a grid of them is readable and two seeds never look alike. Palette
 mode keeps PNG encoding to about a millisecond at 512x512 (RGB would spend 5 ms filtering).
+Realistic profiles pass a ``variant`` (a number standing for everything else that changes the
+pixels on a real server: checkpoint, sampler, LoRAs, clip skip, VAE) that shifts the colours,
+and ``progress`` < 1 for an image an interrupt or skip cut short (darker, washed out).
 Encoding follows the WebUI's ``samples_format``: PNG carries the infotext in a tEXt chunk
 ``parameters``; JPEG and WebP carry it in EXIF UserComment, prefixed ``UNICODE\\0`` and
 UTF-16-BE encoded, as piexif writes it for A1111.
@@ -93,11 +96,13 @@ def _palette(start: tuple[int, int, int], end: tuple[int, int, int],
     return palette
 
 
-def render_generation(width: int, height: int, seed: int, prompt: str) -> Image.Image:
+def render_generation(width: int, height: int, seed: int, prompt: str, *, variant: int = 0,
+                      progress: float = 1.0) -> Image.Image:
     """One 'generated' picture ("P" mode): seeded gradient and shapes, prompt and seed on it.
 
     Drawing happens on palette indices (an "L" plane, text not anti-aliased so no index is
-    blended); the palette, seeded, gives the colours last.
+    blended); the palette, seeded, gives the colours last; ``variant`` and ``progress`` only
+    change the palette, so they cost nothing.
     """
     rng = random.Random(seed)
     image = _gradient_plane(width, height, rng.randrange(4)).copy()
@@ -113,8 +118,17 @@ def render_generation(width: int, height: int, seed: int, prompt: str) -> Image.
         else:
             draw.rectangle(box, fill=SHAPE_BASE + n)
     _caption(image, draw, prompt, f"seed {seed}")
-    image.putpalette(_palette(_colour(rng), _colour(rng),
-                              [_colour(rng) for _ in range(SHAPE_COLOURS)]))
+    palette = _palette(_colour(rng), _colour(rng), [_colour(rng) for _ in range(SHAPE_COLOURS)])
+    if variant:
+        shift = random.Random(variant)
+        offsets = [shift.randrange(8, 40) * shift.choice((-1, 1)) for _ in range(3)]
+        limit = SHAPE_BASE + SHAPE_COLOURS  # the caption keeps its colours
+        palette[:limit * 3] = [min(255, max(0, v + offsets[i % 3]))
+                               for i, v in enumerate(palette[:limit * 3])]
+    if progress < 1.0:
+        keep = 0.35 + 0.5 * max(0.0, progress)
+        palette = [int(96 + (v - 96) * keep) for v in palette]
+    image.putpalette(palette)
     return image
 
 

@@ -3,14 +3,17 @@
 Unknown fields are ignored, as the WebUI ignores them. Declared fields with the wrong type give
 422 ``{"detail": [{"loc": ["body", field], "msg": ..., "type": ...}]}``; for the AUTOMATIC1111
 flavours the messages use pydantic v1 wording (as A1111's FastAPI does), for Forge and SD.Next
-pydantic v2 wording. ``null`` for a field means its default.
+pydantic v2 wording, and realistic pydantic-2 servers (``full_v2``) add ``input`` and ``url`` as
+Forge's FastAPI does. ``null`` for a field means its default.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
+from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 # pydantic v2 error type -> (v1 message, v1 type), as A1111 (pydantic 1.x) words them
@@ -96,39 +99,91 @@ class RequestInvalid(Exception):
         self.body = body
 
 
-def unprocessable(field: str, msg: str, type_: str) -> RequestInvalid:
-    return RequestInvalid(422, {"detail": [{"loc": ["body", field], "msg": msg, "type": type_}]})
+_PYDANTIC_URL = "https://errors.pydantic.dev/{}/v".format(
+    ".".join(PYDANTIC_VERSION.split(".")[:2]))
+_V2_BOUND = {"le": ("less_than_equal", "Input should be less than or equal to {}"),
+             "ge": ("greater_than_equal", "Input should be greater than or equal to {}")}
+_V1_BOUND = {"le": ("value_error.number.not_le", "ensure this value is less than or equal to {}"),
+             "ge": ("value_error.number.not_ge",
+                    "ensure this value is greater than or equal to {}")}
 
 
-def parse_request(raw: bytes, *, pydantic_v1_wording: bool) -> GenerationRequest:
-    """Parse a request body; raises ``RequestInvalid`` with the FastAPI-shaped 422."""
+def out_of_range(field: str, bound: str, limit: int, value: Any, *,
+                 full_v2: bool) -> RequestInvalid:
+    """422 for a value past a bound (``bound`` "le" or "ge"), worded as the server's pydantic."""
+    if full_v2:
+        kind, msg = _V2_BOUND[bound]
+        return RequestInvalid(422, {"detail": [{
+            "type": kind, "loc": ["body", field], "msg": msg.format(limit), "input": value,
+            "ctx": {bound: limit}, "url": f"{_PYDANTIC_URL}/{kind}"}]})
+    kind, msg = _V1_BOUND[bound]
+    return RequestInvalid(422, {"detail": [{"loc": ["body", field], "msg": msg.format(limit),
+                                            "type": kind}]})
+
+
+def parse_request(raw: bytes, *, pydantic_v1_wording: bool,
+                  full_v2: bool = False) -> tuple[GenerationRequest, dict[str, Any]]:
+    """Parse a request body into (validated request, the raw JSON object); raises
+    ``RequestInvalid`` with the FastAPI-shaped 422 (``full_v2``: with ``input``/``url``)."""
     try:
         data = orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError as exc:
-        raise RequestInvalid(422, {"detail": [{"loc": ["body", exc.pos], "msg": "JSON decode error",
-                                               "type": "value_error.jsondecode",
-                                               "ctx": {"msg": exc.msg, "pos": exc.pos}}]}) from None
+        raise _json_error(raw, exc, full_v2) from None
     if data is None:
+        if full_v2:
+            raise RequestInvalid(422, {"detail": [{"type": "missing", "loc": ["body"],
+                                                   "msg": "Field required", "input": None,
+                                                   "url": f"{_PYDANTIC_URL}/missing"}]})
         raise RequestInvalid(422, {"detail": [{"loc": ["body"], "msg": "field required",
                                                "type": "value_error.missing"}]})
     if not isinstance(data, dict):
+        if full_v2:
+            raise RequestInvalid(422, {"detail": [{
+                "type": "model_attributes_type", "loc": ["body"],
+                "msg": "Input should be a valid dictionary or object to extract fields from",
+                "input": data, "url": f"{_PYDANTIC_URL}/model_attributes_type"}]})
         msg, kind = (_V1_WORDING["dict_type"] if pydantic_v1_wording
                      else ("Input should be a valid dictionary", "dict_type"))
         raise RequestInvalid(422, {"detail": [{"loc": ["body"], "msg": msg, "type": kind}]})
     try:
-        return GenerationRequest.model_validate(data)
+        return GenerationRequest.model_validate(data), data
     except ValidationError as exc:
-        raise RequestInvalid(422, {"detail": [_error(e, pydantic_v1_wording)
+        raise RequestInvalid(422, {"detail": [_error(e, pydantic_v1_wording, full_v2)
                                               for e in exc.errors()]}) from None
 
 
-def _error(error: Any, v1: bool) -> dict[str, Any]:
+def _json_error(raw: bytes, exc: orjson.JSONDecodeError, full_v2: bool) -> RequestInvalid:
+    if not full_v2:
+        return RequestInvalid(422, {"detail": [{"loc": ["body", exc.pos],
+                                                "msg": "JSON decode error",
+                                                "type": "value_error.jsondecode",
+                                                "ctx": {"msg": exc.msg, "pos": exc.pos}}]})
+    try:  # FastAPI words it with the standard library's parser
+        json.loads(raw)
+        msg, pos = exc.msg, exc.pos
+    except (json.JSONDecodeError, UnicodeDecodeError) as std:
+        msg = getattr(std, "msg", str(std))
+        pos = getattr(std, "pos", exc.pos)
+    return RequestInvalid(422, {"detail": [{"type": "json_invalid", "loc": ["body", pos],
+                                            "msg": "JSON decode error", "input": {},
+                                            "ctx": {"error": msg}}]})
+
+
+def _error(error: Any, v1: bool, full_v2: bool) -> dict[str, Any]:
     loc = ["body", *error.get("loc", ())]
     kind = str(error.get("type", "value_error"))
     if v1 and kind in _V1_WORDING:
         msg, kind = _V1_WORDING[kind]
         return {"loc": loc, "msg": msg, "type": kind}
-    return {"loc": loc, "msg": str(error.get("msg", "invalid value")), "type": kind}
+    msg = str(error.get("msg", "invalid value"))
+    if not full_v2:
+        return {"loc": loc, "msg": msg, "type": kind}
+    out: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": error.get("input")}
+    if error.get("ctx"):
+        out["ctx"] = {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+                      for k, v in error["ctx"].items()}
+    out["url"] = error.get("url") or f"{_PYDANTIC_URL}/{kind}"
+    return out
 
 
 def echo(request: GenerationRequest) -> dict[str, Any]:

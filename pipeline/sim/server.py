@@ -5,7 +5,8 @@
     build_app(config) -> Application    the routes, for embedding elsewhere
 
 Besides the WebUI's routes it serves ``GET /sim/stats`` and ``POST /sim/config`` (change
-settings at run time, e.g. ``{"error_rate": 0.5}``); neither is behind ``--api-auth``.
+settings at run time, e.g. ``{"error_rate": 0.5}``); neither is behind ``--api-auth``. Which
+WebUI routes exist and how they answer follows ``config.profile`` (``profiles.py``).
 ``close()`` drops the connections of requests still running, as a crash would, and returns
 within about a second even when requests hang; the port can be bound again at once.
 """
@@ -32,12 +33,14 @@ from pipeline.errors import UsageError
 from pipeline.sim import listings
 from pipeline.sim.config import (SimConfig, apply_changes, config_to_dict, normalize_format,
                                  parse_auth)
-from pipeline.sim.faults import (Fault, error_body, hang, http_error, reset_connection,
+from pipeline.sim.faults import (Fault, error_body, hang, http_error_for, reset_connection,
                                  truncate)
-from pipeline.sim.jobs import run_job
+from pipeline.sim.jobs import forge_modules, run_job
 from pipeline.sim.processing import Endpoint, plan_generation
-from pipeline.sim.request import GenerationRequest, RequestInvalid, echo, parse_request
+from pipeline.sim.ratelimit import retry_after_header
+from pipeline.sim.request import GenerationRequest, RequestInvalid, parse_request
 from pipeline.sim.state import SimState, SimStats
+from pipeline.sim.wording import echo
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,32 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception as exc:  # the WebUI answers every failure with its error body
         log.exception("simulated backend: %s %s failed", request.method, request.path)
-        flavor = request.app[STATE].config.flavor
-        return _json(error_body(flavor, type(exc).__name__, str(exc)), 500)
+        kind = request.app[STATE].config.kind
+        return _json(error_body(kind, type(exc).__name__, str(exc)), 500)
+
+
+@web.middleware
+async def _rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """SD.Next's budget per client and route, checked after the handler ran, as SD.Next's
+    middleware does: an answer over budget (a generation included) is replaced by a 429."""
+    response = await handler(request)
+    config = request.app[STATE].config
+    path = request.path
+    if (not config.server.rate_limited or config.rate_limit_per_min <= 0
+            or not path.startswith(("/sdapi/", "/internal/"))):
+        return response
+    client = request.remote or "unknown"
+    wait_s = request.app[STATE].rate.charge(client, path, limit=config.rate_limit_per_min,
+                                            window_s=config.rate_window_s)
+    if wait_s is None:
+        return response
+    request.app[STATE].stats.rate_limited += 1
+    detail = f"{client}:{path}: rate limit exceeded"
+    limited = _json(error_body(config.kind, "HTTPException", f"429: {detail}", detail=detail,
+                               status=429), 429)
+    if config.rate_retry_after:
+        limited.headers["Retry-After"] = retry_after_header(wait_s)
+    return limited
 
 
 @web.middleware
@@ -81,7 +108,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         problem = _check_credentials(request.headers.get("Authorization"),
                                      parse_auth(state.config.auth))
         if problem:
-            return _json(http_error(state.config.flavor, 401, problem), 401)
+            return _json(http_error_for(state.config, 401, problem), 401)
     if path not in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img"):
         state.stats.other_requests += 1
     return await handler(request)
@@ -129,16 +156,16 @@ async def _generate(request: web.Request, state: SimState,
                     endpoint: Endpoint) -> web.StreamResponse:
     config = state.config
     raw = await request.read()
+    server = config.server
     try:
-        req = parse_request(raw, pydantic_v1_wording=config.flavor in ("a1111", "a1111-1.9"))
+        req, fields = parse_request(raw, pydantic_v1_wording=config.kind in ("a1111", "a1111-1.9"),
+                                    full_v2=server.realistic and server.pydantic_v2)
         if endpoint == "img2img":
             _check_init_images(req, config)
         plan = plan_generation(req, endpoint, config, state.catalogue, state.seed_rng)
     except RequestInvalid as exc:
         return _json(exc.body, exc.status)
-    parameters = echo(req)
-    if endpoint == "img2img" and not req.include_init_images:
-        parameters["init_images"] = parameters["mask"] = None
+    parameters = echo(req, fields, endpoint, config)
     fault = state.faults.draw(config)
     if fault is not Fault.NONE:
         state.stats.faults[fault.value] += 1
@@ -169,7 +196,7 @@ def _dropped(request: web.Request) -> web.Response:
 
 def _check_init_images(req: GenerationRequest, config: SimConfig) -> None:
     if not req.init_images:
-        raise RequestInvalid(404, http_error(config.flavor, 404, "Init image not found"))
+        raise RequestInvalid(404, http_error_for(config, 404, "Init image not found"))
     for encoded in req.init_images:
         if encoded.startswith("data:image/"):
             encoded = encoded.partition(",")[2]
@@ -177,7 +204,7 @@ def _check_init_images(req: GenerationRequest, config: SimConfig) -> None:
             with Image.open(io.BytesIO(base64.b64decode(encoded))):
                 pass
         except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
-            raise RequestInvalid(500, http_error(config.flavor, 500,
+            raise RequestInvalid(500, http_error_for(config, 500,
                                                  "Invalid encoded image")) from None
 
 
@@ -194,8 +221,10 @@ def _get(build: Callable[[SimState], Any]) -> Handler:
 
 
 async def _set_options(request: web.Request) -> web.Response:
-    """``POST /sdapi/v1/options``: samples_format now; a checkpoint is loaded under the lock."""
+    """``POST /sdapi/v1/options``: settings are set (and saved) now; a checkpoint is loaded
+    under the lock at once (A1111) or by the next generation (Forge answers at once)."""
     state = request.app[STATE]
+    config = state.config
     try:
         changes = orjson.loads(await request.read() or b"{}")
     except orjson.JSONDecodeError:
@@ -204,20 +233,36 @@ async def _set_options(request: web.Request) -> web.Response:
         return _json({"detail": [{"loc": ["body"], "msg": "value is not a valid dict",
                                   "type": "type_error.dict"}]}, 422)
     wanted = changes.get("sd_model_checkpoint")
-    model = state.catalogue.resolve(wanted) if wanted is not None else None
+    model = state.catalogue.resolve(wanted, state.hash_view()) if wanted is not None else None
     if wanted is not None and model is None:
-        return _json(error_body(state.config.flavor, "RuntimeError",
+        return _json(error_body(config.kind, "RuntimeError",
                                 f"model {wanted!r} not found"), 500)
     if "samples_format" in changes:
         fmt = normalize_format(str(changes["samples_format"]))
         if fmt is None:
-            return _json(http_error(state.config.flavor, 500, "Invalid image format"), 500)
-        state.replace_config(apply_changes(state.config, {"samples_format": fmt}))
+            return _json(http_error_for(config, 500, "Invalid image format"), 500)
+        changes["samples_format"] = fmt
+    for key, value in changes.items():
+        if key == "sd_model_checkpoint":
+            continue
+        if key == "forge_additional_modules" and config.server.kind == "forge":
+            value = forge_modules(value, config)
+        if config.server.realistic or key in ("samples_format", "CLIP_stop_at_last_layers",
+                                               "sd_vae", "forge_additional_modules"):
+            state.options.set(key, value)
     if model is not None:
-        state.option_model = model
-        async with state.lock:  # the WebUI loads it as a queued call
-            await state.load_weights(model)
+        state.set_checkpoint_option(model, str(wanted))
+        if config.server.load_on_options_post:
+            async with state.lock:  # the WebUI loads it as a queued call
+                await state.load_weights(model)
     return _json(None)
+
+
+def _no_content_or(state: SimState, data: Any) -> web.Response:
+    """SD.Next answers these POSTs 204 without a body; the others a JSON value."""
+    if state.config.server.empty_interrupt_body:
+        return web.Response(status=204)
+    return _json(data)
 
 
 async def _interrupt(request: web.Request) -> web.Response:
@@ -227,23 +272,48 @@ async def _interrupt(request: web.Request) -> web.Response:
         state.stats.interrupts += 1
         job.interrupted = True
         job.wake.set()
-    return _json({})
+    return _no_content_or(state, {})
 
 
 async def _skip(request: web.Request) -> web.Response:
-    job = request.app[STATE].job
+    state = request.app[STATE]
+    job = state.job
     if job is not None:
         job.skipped = True
         job.wake.set()
-    return _json(None)
+    return _no_content_or(state, None)
 
 
 async def _refresh(request: web.Request) -> web.Response:
-    return _json(None)
+    return _no_content_or(request.app[STATE], None)
+
+
+async def _refresh_checkpoints(request: web.Request) -> web.Response:
+    """Realistic servers take the queue lock for it: it waits for a running generation."""
+    state = request.app[STATE]
+    if state.config.server.queued_refresh:
+        async with state.lock:
+            pass
+    return _no_content_or(state, None)
+
+
+async def _cmd_flags(request: web.Request) -> web.Response:
+    """Forge fails its own response model (``port`` is an int, the model wants a string):
+    500 ResponseValidationError with the flags in ``body``."""
+    config = request.app[STATE].config
+    flags = listings.cmd_flags()
+    if config.server.cmd_flags_status == 200:
+        return _json(flags)
+    message = ("1 validation errors:\n  {'type': 'string_type', 'loc': ('response', 'port'), "
+               "'msg': 'Input should be a valid string', 'input': 7861, "
+               "'url': 'https://errors.pydantic.dev/2.8/v/string_type'}\n")
+    body = error_body(config.kind, "ResponseValidationError", message)
+    body["body"] = flags
+    return _json(body, config.server.cmd_flags_status)
 
 
 async def _ping(request: web.Request) -> web.Response:
-    if request.app[STATE].config.flavor == "sdnext":
+    if request.app[STATE].config.kind == "sdnext":
         raise web.HTTPNotFound()
     return _json({})
 
@@ -273,31 +343,37 @@ async def _sim_set_config(request: web.Request) -> web.Response:
 
 def build_app(config: SimConfig) -> web.Application:
     """The aiohttp application of one simulated backend (its state lives in the app)."""
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_errors, _rate_limit, _auth],
+                          client_max_size=MAX_BODY_BYTES)
     app[STATE] = SimState(config)
     v1 = "/sdapi/v1"
     app.router.add_post(f"{v1}/txt2img", _txt2img)
     app.router.add_post(f"{v1}/img2img", _img2img)
     listing_routes: dict[str, Callable[[SimState], Any]] = {
-        "sd-models": lambda s: [c.listing() for c in s.catalogue.checkpoints],
+        "sd-models": listings.sd_models,
         "samplers": lambda s: listings.samplers(s.config),
         "schedulers": lambda s: listings.schedulers(s.config),
         "loras": lambda s: listings.loras(s.config),
-        "sd-vae": lambda s: None if s.config.flavor == "forge" else listings.vaes(s.config),
-        "sd-modules": lambda s: listings.vaes(s.config) if s.config.flavor == "forge" else None,
+        "sd-vae": lambda s: listings.sd_vae(s.config),
+        "sd-modules": lambda s: listings.sd_modules(s.config),
         "embeddings": lambda s: listings.embeddings(s.config),
-        "upscalers": lambda s: listings.upscalers(),
+        "upscalers": lambda s: listings.upscalers(s.config),
         "scripts": lambda s: listings.scripts_list(s.config),
+        "memory": lambda s: listings.memory(),
+        "version": lambda s: (listings.sdnext_version(s.config)
+                              if s.config.server.version_route else None),
         "options": listings.options,
         "progress": listings.progress,
     }
     for name, build in listing_routes.items():
         app.router.add_get(f"{v1}/{name}", _get(build))
+    app.router.add_get(f"{v1}/cmd-flags", _cmd_flags)
     app.router.add_post(f"{v1}/options", _set_options)
     app.router.add_post(f"{v1}/interrupt", _interrupt)
     app.router.add_post(f"{v1}/skip", _skip)
-    app.router.add_post(f"{v1}/refresh-checkpoints", _refresh)
+    app.router.add_post(f"{v1}/refresh-checkpoints", _refresh_checkpoints)
     app.router.add_post(f"{v1}/refresh-loras", _refresh)
+    app.router.add_post(f"{v1}/refresh-vae", _refresh)
     app.router.add_get("/internal/ping", _ping)
     app.router.add_get("/sim/stats", _sim_stats)
     app.router.add_get("/sim/config", _sim_get_config)
@@ -365,7 +441,7 @@ async def start_sim(config: SimConfig = SimConfig(), *, host: str = "127.0.0.1",
     bound_port = runner.addresses[0][1]
     url_host = f"[{host}]" if ":" in host else host
     server = SimServer(runner, app[STATE], f"http://{url_host}:{bound_port}")
-    log.debug("simulated WebUI backend (%s) at %s", config.flavor, server.url)
+    log.debug("simulated WebUI backend (%s) at %s", config.profile, server.url)
     return server
 
 
@@ -399,8 +475,8 @@ async def _serve(config: SimConfig, host: str, port: int,
     for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    log.info("simulated WebUI backend (%s %s, %d models) at %s", config.flavor, config.version,
-             len(config.models), server.url)
+    log.info("simulated WebUI backend (%s %s, %d models) at %s", config.profile,
+             config.webui_version, len(config.models), server.url)
     on_ready(server.url)
     try:
         await stop.wait()
