@@ -18,6 +18,7 @@ class RunStarted:
     output: str
     simulated: bool = False
     patience_s: float = 0.0
+    notices: tuple[str, ...] = ()  # things the user should know before the run goes
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-fsync", action="store_true",
                    help="skip fsync after each file (faster; a power cut may then lose recent "
                         "images, which a rerun regenerates)")
+    p.add_argument("--verify", action="store_true",
+                   help="on resume, check every recorded image's sha256 (default: its size); "
+                        "images that changed are made again")
+    p.add_argument("--wait-for-lock", type=positive_float("--wait-for-lock"), default=0.0,
+                   metavar="S", help="if another run holds the output directory, wait up to S "
+                   "seconds for it (default: exit 2 at once)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, only errors")
     p.add_argument("--json", action="store_true",
                    help="machine-readable events on stdout, one JSON object a line")
@@ -61,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(out_dir=out_dir_for(spec, args.out), backends=tuple(backends),
                          shard=parse_shard(args.shard), grace_s=args.grace_s,
                          fsync=not args.no_fsync, interrupt_backends=args.interrupt_backends,
-                         limit=args.limit, only=tuple(args.only))
+                         limit=args.limit, only=tuple(args.only), verify=args.verify,
+                         lock_wait_s=args.wait_for_lock)
     plan = build_plan(spec)  # template and wildcard errors surface before anything starts
     request = RunRequest(spec, plan, options, sim_latency_s=args.sim_latency_s)
     return asyncio.run(_run(request, args))
@@ -79,7 +86,7 @@ async def _run(request: Any, args: argparse.Namespace) -> int:
             print(f"sdbatch: no backend configured; started the built-in simulated WebUI backend "
                   f"at {run.options.backends[0].url}", file=sys.stderr)
         if not quiet:
-            for notice in run.notices:
+            for notice in run.notices:  # preflight's; the run's own come with RunStarted
                 print(f"sdbatch: {notice}", file=sys.stderr)
         loop = asyncio.get_running_loop()
         presses = 0

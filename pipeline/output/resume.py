@@ -7,7 +7,9 @@ atomically), so ``(id, image_index)`` never appears twice and a rerun redoes onl
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +58,13 @@ def _scan_lines(path: Path) -> Iterator[dict[str, Any] | None]:
             yield record if isinstance(record, dict) else None
 
 
-def repair_manifest(root: Path) -> ResumeState:
-    """Learn what is complete and rewrite the manifest without unfinished or torn records."""
+def repair_manifest(root: Path, *, verify: bool = False) -> ResumeState:
+    """Learn what is complete and rewrite the manifest without unfinished or torn records.
+
+    A record counts only when its file is still the recorded one: the size must match (one
+    ``stat``), and with ``verify`` its sha256 too. A line that is torn, not an object, or has
+    values of the wrong type is set aside (dropped; its variant is redone), never a crash.
+    """
     path = root / MANIFEST
     state = ResumeState()
     if not path.exists():
@@ -65,40 +72,80 @@ def repair_manifest(root: Path) -> ResumeState:
     counts: dict[str, int] = {}
     expected: dict[str, int] = {}
     valid: set[tuple[str, int]] = set()  # first record of each key, its file present
-    total_lines = 0
+    bad_lines = total_lines = 0
     for record in _scan_lines(path):  # pass 1: what is complete (one stat per image)
         total_lines += 1
-        if record is None:
+        key = _usable(record, root, valid, verify)
+        if key is None:
+            bad_lines += 1
             continue
-        ident, index = record.get("id"), record.get("image_index")
-        if not isinstance(ident, str) or not isinstance(index, int) or (ident, index) in valid:
-            continue
-        if record.get("kind", "generation") != "generation":
-            valid.add((ident, index))
-            continue
-        file = record.get("file")
-        if not isinstance(file, str) or not inside(file) or not (root / file).is_file():
-            continue
-        valid.add((ident, index))
-        counts[ident] = counts.get(ident, 0) + 1
-        expected[ident] = int(record.get("images_expected", 1))
+        valid.add(key)
+        if record.get("kind", "generation") == "generation":
+            counts[key[0]] = counts.get(key[0], 0) + 1
+            expected[key[0]] = record["images_expected"]
     state.complete = {i for i, n in counts.items() if n >= expected[i]}
     drop = set(counts) - state.complete
-    lines: list[bytes] = []
-    for record in read_records(path):  # pass 2: keep each valid key of complete variants
-        key = (record.get("id"), record.get("image_index"))
-        if key in valid and key[0] in state.complete:
-            valid.discard(key)  # so a repeated line is not kept twice
-            lines.append(orjson.dumps(record, option=DUMP) + b"\n")
-    kept = len(lines)
-    state.images = kept
-    if kept != total_lines:
-        state.repaired_lines = total_lines - kept
+    state.images = sum(counts[i] for i in state.complete)
+    if bad_lines or drop:
+        written = 0
+
+        def kept() -> Iterator[bytes]:  # pass 2: each valid key of complete variants, streamed
+            nonlocal written
+            for record in read_records(path):
+                key = (record.get("id"), record.get("image_index"))
+                if key in valid and key[0] in state.complete:
+                    valid.discard(key)  # so a repeated line is not kept twice
+                    written += 1
+                    yield orjson.dumps(record, option=DUMP) + b"\n"
+
+        replace_file(path, kept())
+        state.repaired_lines = total_lines - written
         state.dropped_partial = len(drop)
-        replace_file(path, lines)
         log.info("repaired %s: dropped %d line(s) of %d unfinished variant(s) or torn writes",
                  path, state.repaired_lines, len(drop))
     return state
+
+
+def _usable(record: dict[str, Any] | None, root: Path, valid: set[tuple[str, int]],
+            verify: bool) -> tuple[str, int] | None:
+    """The record's (id, image_index) when it is well-typed, new, and its file is intact."""
+    if record is None:
+        return None
+    ident, index = record.get("id"), record.get("image_index")
+    if not isinstance(ident, str) or not isinstance(index, int) or isinstance(index, bool) \
+            or (ident, index) in valid:
+        return None
+    if record.get("kind", "generation") != "generation":
+        return ident, index
+    file, size = record.get("file"), record.get("bytes")
+    expected = record.setdefault("images_expected", 1)
+    if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
+        return None
+    if not isinstance(file, str) or not inside(file):
+        return None
+    target = root / file
+    try:
+        st = target.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or (isinstance(size, int) and st.st_size != size):
+        return None
+    if verify:
+        digest = record.get("sha256")
+        if not isinstance(digest, str) or _sha256(target) != digest:
+            return None
+    return ident, index
+
+
+def _sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 class ResumeFilter:

@@ -99,6 +99,8 @@ class Reporter:
             self._say(f"sdbatch: {event.total} variants -> {event.output}; "
                       f"{event.already_done} already done there; backends: "
                       f"{', '.join(event.backends)}{where}")
+            for notice in event.notices:
+                self._say(f"sdbatch: {notice}", style="yellow")
         elif isinstance(event, VariantStarted):
             self._backend(event.backend).in_flight += 1
         elif isinstance(event, VariantWritten):

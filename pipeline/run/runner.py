@@ -31,6 +31,7 @@ from pipeline.events import (AllBackendsDown, BackendChanged, Event, Listener, R
 from pipeline.job.naming import Namer
 from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.output.resume import ResumeFilter
+from pipeline.output.runfiles import read_run
 from pipeline.output.store import OutputStore
 from pipeline.run.worker import Worker
 from pipeline.run.writer import Writer
@@ -56,6 +57,8 @@ class RunOptions:
     refresh_every_s: float = 30.0
     limit: int | None = None  # only the first N variants of the job
     only: tuple[str, ...] = ()  # only these variant ids
+    verify: bool = False  # resume checks every recorded image's sha256, not only its size
+    lock_wait_s: float = 0.0  # how long to wait for another run to release the directory
 
 
 @dataclass(slots=True)
@@ -133,14 +136,21 @@ class Run:
 
     async def execute(self) -> RunSummary:
         started = time.monotonic()
-        resume = await asyncio.to_thread(self.writer.prepare)
+        previous = read_run(self.writer.store)
+        resume = await asyncio.to_thread(self.writer.prepare, verify=self.options.verify,
+                                         lock_wait_s=self.options.lock_wait_s)
+        own: tuple[str, ...] = ()
+        if previous.get("job_sha256") not in (None, self.spec.content_sha256) and resume.images:
+            own += (f"{self.options.out_dir} holds images of another version of this "
+                             "job (the job file changed); images it no longer makes stay until "
+                             f"'sdbatch prune {self.options.out_dir}'",)
         self.summary.total = self._total()
         self._filter = ResumeFilter(resume.complete,
                                     on_skip=lambda n: self.emit(VariantSkipped(n)))
         self._write_run_files("running")
         self.emit(RunStarted(self.summary.total, len(resume.complete), tuple(self.health),
                              str(self.options.out_dir), self.options.simulated,
-                             self.spec.retry.patience_s))
+                             self.spec.retry.patience_s, own))
         try:
             await self.writer.store.open()
             try:

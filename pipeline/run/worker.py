@@ -20,10 +20,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.backends.base import Backend
-from pipeline.errors import (BackendError, HTTPStatusError, RequestTimeout, SubstitutionError,
+from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, RequestTimeout, SubstitutionError,
                              TransportError)
+from pipeline.imagebytes import structure_problem
 from pipeline.events import (BackendChanged, CheckpointSwitched, Event, VariantRetrying,
                              VariantStarted)
 from pipeline.model import Failed, Generated, Outcome, Variant
@@ -63,6 +65,11 @@ class Worker:
             except BaseException:
                 await self.dispatcher.retry_later(self.label, variant, 0.0)
                 raise
+            problem = _image_problem(reply)
+            if problem:
+                await self._on_error(variant, BadResponseError(f"{self.label}: {problem}",
+                                                               backend=self.label))
+                continue
             now = time.monotonic()
             self.on_ok(now)
             attempts = self.dispatcher.attempts.get(variant.id)
@@ -144,3 +151,14 @@ class Worker:
             return
         self.emit(VariantRetrying(variant, self.label, str(exc), attempts.count, delay_s))
         await self.dispatcher.retry_later(self.label, variant, delay_s)
+
+
+def _image_problem(reply: Any) -> str | None:
+    """Why a reply's images must not be saved (a bare signature, half a PNG), or None."""
+    for image in reply.images:
+        if image.kind != "generation":
+            continue
+        problem = structure_problem(image.data, image.format)
+        if problem:
+            return f"image {image.index}: {problem}"
+    return None

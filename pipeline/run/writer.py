@@ -56,9 +56,9 @@ class Writer:
         self.counts = WriteCounts()
         self.results = results  # the Python API's bounded stream of outcomes (backpressure)
 
-    def prepare(self) -> ResumeState:
+    def prepare(self, *, verify: bool = False, lock_wait_s: float = 0.0) -> ResumeState:
         """Blocking (run it in a thread): lay out the directory, learn what is done."""
-        resume = self.store.prepare()
+        resume = self.store.prepare(verify=verify, lock_wait_s=lock_wait_s)
         for exporter in self.exporters:  # after the manifest repair, so they match it exactly
             exporter.rebuild()
         self.live.maybe_refresh()  # resumed images show at once
