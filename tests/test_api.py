@@ -32,7 +32,8 @@ async def test_run_returns_the_summary_and_resumes(sim, tmp_path: Path) -> None:
 
 async def test_failures_come_back_as_results(sim, tmp_path: Path) -> None:
     backend = sim()
-    job = api.job_from_dict({"prompts": ["a boat"], "defaults": {"width": 64, "height": "x"}})
+    job = api.job_from_dict({"prompts": ["a boat"],  # a script the server does not have: 422
+                             "defaults": {"width": 64, "height": 64, "script_name": "nope"}})
     results = [r async for r in api.generate(job, out_dir=tmp_path / "out",
                                              backends=[backend.url], fsync=False)]
     assert len(results) == 1 and not results[0].ok and "422" in results[0].error

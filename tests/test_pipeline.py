@@ -150,7 +150,7 @@ def test_client_errors_fail_for_good_exit_1(sim, write_job, tmp_path: Path) -> N
     backend = sim()
     job = write_job(f"""
 backends: [{{url: "{backend.url}"}}]
-defaults: {{width: 64, height: "tall"}}
+defaults: {{width: 64, height: 4096}}   # past the simulator's image_size_cap: 422
 prompts: ["a boat"]
 seeds: [1]
 """)

@@ -14,8 +14,11 @@ from typing import Any
 from pipeline import prompts as templates
 from pipeline.errors import JobError
 from pipeline.expand import inputs
-from pipeline.job.fields import CHECKPOINT_KEY, MATRIX_ALIASES
+from pipeline.job.fields import CHECKPOINT_KEY, payload_key
 from pipeline.job.schema import JobSpec, PromptSpec, SeedCount
+
+MAX_PROMPT_CHARS = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class Axis:
@@ -37,47 +40,118 @@ class _Template:
     overrides: dict[str, Any]
     node: Any  # parsed template, or None for raw prompts
     name: str | None
+    texts: int = 1  # how many prompt texts it expands to
+    base: dict[str, Any] | None = None  # defaults + overrides + negative, before the axes
+    checkpoint: str | None = None  # the checkpoint ``base`` asks for
+    seed: int | None = None  # a per-prompt fixed seed
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything ``variants()`` needs, derived once from the spec (parsing, axes, seeds)."""
+    """Everything ``variants()`` needs, derived once from the spec (parsing, axes, seeds).
+
+    ``checkpoint_axis`` is the index of the one axis that sets the checkpoint (None: the
+    templates' own ``checkpoint`` decides), and ``axis_checkpoints`` the checkpoint each of its
+    values asks for, so a per-checkpoint stream pins that axis instead of filtering.
+    """
 
     spec: JobSpec
     templates: tuple[_Template, ...]
     axes: tuple[Axis, ...]
-    seeds: tuple[int, ...]  # -1 = server picks; only for list/int forms
+    seeds: tuple[int, ...]  # the list form (-1 = server picks); () for the other forms
     seed_count: int | None  # SeedCount form: derived seeds
     wildcards: Any
+    server_seeds: int | None = None  # ``seeds: N``: N variants, the server picks each seed
+    checkpoint_axis: int | None = None
+    axis_checkpoints: tuple[str | None, ...] = ()
 
 
 def build_plan(spec: JobSpec) -> Plan:
     """Parse templates and lay out the axes; raises ``JobError`` for anything malformed."""
     spec = _resolve_input_images(spec)
     store = templates.WildcardStore(spec.wildcards_dir)
+    defaults: dict[str, Any] = {}
+    for key, value in spec.defaults.items():
+        set_dotted(defaults, payload_key(key), value)
+    default_negative = spec.defaults.get("negative_prompt")
     parsed: list[_Template] = []
     for i, item in enumerate(spec.prompts):
         p = item if isinstance(item, PromptSpec) else PromptSpec(prompt=item)
-        node = None
-        if not p.raw:
-            try:
+        node, texts = None, 1
+        try:
+            if not p.raw:
                 node = templates.parse(p.prompt)
                 for name in sorted(templates.wildcard_names(node)):
                     store.options(name)  # a missing wildcard is an error now, not mid-run
-                templates.count(node, store)  # so is a choose-k larger than a wildcard
-            except JobError as exc:
-                raise JobError(exc.detail, path=spec.source_path, where=f"prompts[{i}]",
-                               hint=exc.hint) from None
+                _check_size(node, store)
+                texts = templates.count(node, store)  # so is a choose-k larger than a wildcard
+            elif len(p.prompt) > MAX_PROMPT_CHARS:
+                raise JobError(f"the prompt has {len(p.prompt)} characters; the most is "
+                               f"{MAX_PROMPT_CHARS}", hint="shorten it")
+        except JobError as exc:
+            raise JobError(exc.detail, path=spec.source_path, where=f"prompts[{i}]",
+                           hint=exc.hint) from None
         overrides = _image_fields(p.overrides, spec, f"prompts[{i}]")
-        parsed.append(_Template(i, p.prompt, p.negative_prompt, overrides, node, p.name))
+        base = dict(defaults)
+        for key, value in overrides.items():
+            set_dotted(base, payload_key(key), value)
+        negative = p.negative_prompt if p.negative_prompt is not None else default_negative
+        base["negative_prompt"] = negative or ""
+        seed = overrides.get("seed")
+        parsed.append(_Template(i, p.prompt, p.negative_prompt, overrides, node, p.name, texts,
+                                base, checkpoint_of(base), None if seed is None else int(seed)))
     axes = _axes(spec, parsed)
+    server_seeds = None
     if isinstance(spec.seeds, SeedCount):
         seeds, seed_count = (), spec.seeds.count
     elif isinstance(spec.seeds, int):
-        seeds, seed_count = (-1,) * spec.seeds, None
+        seeds, seed_count, server_seeds = (), None, spec.seeds
     else:
         seeds, seed_count = tuple(spec.seeds), None
-    return Plan(spec, tuple(parsed), axes, seeds, seed_count, store)
+    ckpt_axis, ckpt_values = _checkpoint_axis(axes)
+    return Plan(spec, tuple(parsed), axes, seeds, seed_count, store, server_seeds, ckpt_axis,
+                ckpt_values)
+
+
+def _check_size(node: Any, store: Any) -> None:
+    """Nesting and expanded length within bounds, before anything recursive walks the tree."""
+    depth = templates.nesting(node, store.depth)
+    limit = templates.wildcards.MAX_NESTING
+    if depth > limit:
+        raise JobError(f"the prompt nests {depth} levels of groups and wildcards; the most is "
+                       f"{limit}", hint="flatten the nesting of {...} groups and wildcards")
+    longest = templates.max_chars(node, store)
+    if longest > MAX_PROMPT_CHARS:
+        raise JobError(f"the prompt can expand to {longest} characters; the most is "
+                       f"{MAX_PROMPT_CHARS}", hint="wildcards that use wildcards several times "
+                       "multiply the length; shorten the chain or choose fewer options")
+
+
+def _checkpoint_axis(axes: tuple[Axis, ...]) -> tuple[int | None, tuple[str | None, ...]]:
+    """The axis that sets the checkpoint, and the checkpoint each of its values asks for."""
+    for n, axis in enumerate(axes):
+        if axis.kind == "matrix" and _touches_checkpoint(payload_key(axis.name)):
+            key = payload_key(axis.name)
+            return n, tuple(_implied(key, v) for v in axis.values)
+        if axis.kind == "zip" and any(_touches_checkpoint(k) for k in axis.values[0]):
+            found = []
+            for row in axis.values:
+                probe: dict[str, Any] = {}
+                for key, value in row.items():
+                    set_dotted(probe, key, value)
+                found.append(checkpoint_of(probe))
+            return n, tuple(found)
+    return None, ()
+
+
+def _touches_checkpoint(key: str) -> bool:
+    return key == CHECKPOINT_KEY or CHECKPOINT_KEY.startswith(key + ".")
+
+
+def _implied(key: str, value: Any) -> str | None:
+    probe: dict[str, Any] = {}
+    set_dotted(probe, key, value)
+    return checkpoint_of(probe)
 
 
 def _image_fields(fields: dict[str, Any], spec: JobSpec, where: str) -> dict[str, Any]:
@@ -152,7 +226,7 @@ def _axes(spec: JobSpec, parsed: list[_Template]) -> tuple[Axis, ...]:
                       if w != 0 and w != "baseline")
         axes.append(Axis("lora", "lora", tuple(values)))
     for n, group in enumerate(spec.zip):
-        keys = [MATRIX_ALIASES.get(k, k) for k in group]
+        keys = [payload_key(k) for k in group]
         rows = tuple(dict(zip(keys, row)) for row in zip(*group.values()))
         axes.append(Axis("+".join(group), "zip", rows))
     for key, values in spec.matrix.items():
@@ -163,21 +237,21 @@ def _axes(spec: JobSpec, parsed: list[_Template]) -> tuple[Axis, ...]:
 def count(plan: Plan) -> int:
     """How many variants ``variants(plan)`` yields, without expanding anything."""
     combos = combination_count(plan)
-    if plan.spec.mode == "random" or not any("seed" in t.overrides for t in plan.templates):
+    if plan.spec.mode == "random":
         return prompt_count(plan) * combos * seed_count(plan)
-    return sum(_texts(plan, t) * combos * (1 if "seed" in t.overrides else seed_count(plan))
-               for t in plan.templates)
+    return sum(t.texts * combos * seeds_of(plan, t) for t in plan.templates)
 
 
-def _texts(plan: Plan, template: _Template) -> int:
-    return 1 if template.node is None else templates.count(template.node, plan.wildcards)
+def seeds_of(plan: Plan, template: _Template) -> int:
+    """Seeds per prompt text of ``template``: 1 with a per-prompt seed, else the job's."""
+    return 1 if template.seed is not None else seed_count(plan)
 
 
 def prompt_count(plan: Plan) -> int:
     if plan.spec.mode == "random":
         assert plan.spec.random is not None
         return plan.spec.random.count
-    return sum(_texts(plan, t) for t in plan.templates)
+    return sum(t.texts for t in plan.templates)
 
 
 def combination_count(plan: Plan) -> int:
@@ -185,34 +259,20 @@ def combination_count(plan: Plan) -> int:
 
 
 def seed_count(plan: Plan) -> int:
-    return plan.seed_count if plan.seed_count is not None else len(plan.seeds)
+    if plan.seed_count is not None:
+        return plan.seed_count
+    if plan.server_seeds is not None:
+        return plan.server_seeds
+    return len(plan.seeds)
 
 
 def checkpoints(plan: Plan) -> list[str | None]:
-    """Every checkpoint value the job can ask for (None: the backend's current model)."""
-    found: list[str | None] = []
-
-    def add(value: Any) -> None:
-        v = str(value) if value not in (None, "") else None
-        if v not in found:
-            found.append(v)
-
-    default = get_dotted(plan.spec.defaults, CHECKPOINT_KEY)
-    sources = [a for a in plan.axes if a.kind in ("matrix", "zip")]
-    axis_sets = False
-    for axis in sources:
-        for value in axis.values:
-            if axis.kind == "matrix" and MATRIX_ALIASES.get(axis.name, axis.name) == CHECKPOINT_KEY:
-                add(value)
-                axis_sets = True
-            elif axis.kind == "zip" and CHECKPOINT_KEY in value:
-                add(value[CHECKPOINT_KEY])
-                axis_sets = True
-    per_prompt = [get_dotted(t.overrides, CHECKPOINT_KEY) for t in plan.templates]
-    if not axis_sets:
-        for value in per_prompt:
-            add(value if value is not None else default)
-    return found or [None]
+    """Every checkpoint value the job can ask for, in job order (None: the backend's model)."""
+    if plan.checkpoint_axis is not None:
+        found = plan.axis_checkpoints
+    else:
+        found = tuple(t.checkpoint for t in plan.templates)
+    return list(dict.fromkeys(found)) or [None]
 
 
 def get_dotted(data: dict[str, Any], dotted: str) -> Any:

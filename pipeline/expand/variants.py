@@ -1,19 +1,31 @@
-"""Expand a ``JobSpec`` into a lazy stream of ``Variant``: pure, no I/O beyond wildcard files.
+"""Expand a ``Plan`` into a lazy stream of ``Variant``: pure, no I/O beyond wildcard files.
 
 A variant is one expanded prompt x one combination of the other axes x one seed. Axes, outermost
 first: prompt text, replace (Prompt S/R), LoRA, zip groups, matrix keys in file order, seeds.
-Nothing here holds the whole list: ``variants()`` is a generator over ``itertools.product`` of
-small per-axis value lists and a lazy prompt expansion, and ``count()`` multiplies sizes.
+Nothing here holds the whole list: ``variants()`` walks ``itertools.product`` of small per-axis
+value lists and a lazy prompt expansion, and ``count()`` multiplies sizes.
 
 Ids are the first 16 hex digits of the SHA-256 of what the variant asks for (endpoint, payload
 and, when the server picks the seed, a replicate number), so editing one axis leaves the ids of
 unchanged variants, and thus resume, intact.
+
+Ordinals are 1-based positions in the whole job's order, computed from the axis positions (not
+counted), so they are the same in every per-checkpoint stream and shard: ``ordinal`` is unique
+per variant and tells where it sits in the job, whichever stream yields it.
+
+Seeds of ``seeds: {count: N}``: seed k (0-based) of a prompt text is the first 4 bytes, big-endian,
+of SHA-256 of ``"<job seed>:<k>:" + <prompt text>`` (UTF-8), where the prompt text is the
+template's expansion before replace and LoRA axes are applied. Nothing else enters, so the seeds
+stay the same when any other parameter changes (steps, CFG, size, sampler, checkpoint, replace
+values, LoRA weights, negative prompt, other prompts), and every cell of a sweep over those
+parameters shares the prompt's seeds, as the WebUI's X/Y/Z plot shares one seed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +35,9 @@ import orjson
 
 from pipeline import prompts as templates
 from pipeline.expand import inputs
-from pipeline.expand.plan import (Axis, Plan, _Template, checkpoint_of, get_dotted,
-                                  set_dotted)
-from pipeline.job.fields import CHECKPOINT_KEY, MATRIX_ALIASES
-from pipeline.job.schema import JobSpec
+from pipeline.expand.plan import (Axis, Plan, _Template, checkpoint_of, combination_count,
+                                  seeds_of, set_dotted)
+from pipeline.job.fields import payload_key
 from pipeline.model import Variant
 
 
@@ -34,39 +45,55 @@ def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None
              ) -> Iterator[Variant]:
     """Yield the job's variants lazily, in a stable order.
 
-    ``checkpoint`` keeps only variants asking for that checkpoint (None: no override), cheaply
-    when it is a matrix axis. ``shard=(i, n)`` keeps the i-th of n disjoint shares (1-based),
-    split by id so every machine agrees without coordination.
+    ``checkpoint`` keeps only variants asking for that checkpoint (None: no override) without
+    building the others: the axis that sets the checkpoint is pinned to its matching values,
+    and prompts whose own checkpoint differs are skipped unexpanded, so the streams of all
+    checkpoints together cost one pass. ``shard=(i, n)`` keeps the i-th of n disjoint shares
+    (1-based), split by id so every machine agrees without coordination.
     """
+    pinned = checkpoint is not ...
     axes = plan.axes
-    if checkpoint is not ...:
-        axes = tuple(_pin_checkpoint(a, checkpoint) for a in axes)
-    ordinal = 0
-    for template, text, draw in _prompt_texts(plan):
-        for combo in itertools.product(*(a.values for a in axes)):
-            base, axis_values, prompt_text = _apply(plan.spec, template, text, axes, combo)
-            fixed = template.overrides.get("seed")
-            seeds = [int(fixed)] if fixed is not None else _seeds_for(plan, base)
+    choices: list[list[tuple[int, Any]]] = [list(enumerate(a.values)) for a in axes]
+    if pinned and plan.checkpoint_axis is not None:
+        n = plan.checkpoint_axis
+        choices[n] = [(j, v) for j, v in choices[n] if plan.axis_checkpoints[j] == checkpoint]
+        if not choices[n]:
+            return
+    strides = _strides(axes)
+    combos = combination_count(plan)
+    template_pinned = pinned and plan.checkpoint_axis is None
+    start = 0  # variants of the whole job before the current prompt text
+    for template, text, draw in _prompt_texts(plan, checkpoint if template_pinned else ...):
+        per_text = combos * seeds_of(plan, template)
+        if text is None:  # a prompt of another checkpoint: skipped, but counted
+            start += per_text * (template.texts if draw is None else 1)
+            continue
+        seeds = _seeds_for(plan, template, text)
+        for picked in itertools.product(*choices):
+            position = sum(j * stride for (j, _), stride in zip(picked, strides))
+            payload_base, axis_values = _apply(plan, template, text, axes,
+                                               [v for _, v in picked])
             for rep, seed in enumerate(seeds):
-                payload = dict(base)
+                payload = dict(payload_base)
                 payload["seed"] = seed
                 replicate = rep if seed == -1 else None
                 if draw is not None:  # random mode: equal draws are still separate variants
                     replicate = [draw, replicate]
                 ident = variant_id(plan.spec.endpoint, payload, replicate)
-                ordinal += 1
-                if checkpoint is not ... and checkpoint_of(payload) != checkpoint:
+                if pinned and checkpoint_of(payload) != checkpoint:
                     continue
                 if shard is not None and not in_shard(ident, shard):
                     continue
                 yield Variant(
-                    id=ident, ordinal=ordinal - 1, prompt=payload["prompt"],
+                    id=ident, ordinal=start + position * len(seeds) + rep + 1,
+                    prompt=payload["prompt"],
                     negative_prompt=payload.get("negative_prompt", ""), seed=seed,
                     payload=payload,
-                    axes=(("prompt", prompt_text), ("template", template.index), *axis_values,
+                    axes=(("prompt", text), ("template", template.index), *axis_values,
                           ("seed", seed if seed != -1 else f"random#{rep + 1}")),
                     endpoint=plan.spec.endpoint,
                 )
+        start += per_text
 
 
 def in_shard(ident: str, shard: tuple[int, int]) -> bool:
@@ -80,39 +107,43 @@ def variant_id(endpoint: str, payload: dict[str, Any], replicate: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _pin_checkpoint(axis: Axis, checkpoint: Any) -> Axis:
-    if axis.kind == "matrix" and MATRIX_ALIASES.get(axis.name, axis.name) == CHECKPOINT_KEY:
-        kept = tuple(v for v in axis.values if (str(v) if v not in (None, "") else None) == checkpoint)
-        return Axis(axis.name, axis.kind, kept)
-    return axis
+def _strides(axes: tuple[Axis, ...]) -> list[int]:
+    """Mixed-radix place values: the last axis varies fastest, as in ``itertools.product``."""
+    sizes = [len(a) for a in axes]
+    return [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
 
 
-def _prompt_texts(plan: Plan) -> Iterator[tuple[_Template, str, int | None]]:
+def _prompt_texts(plan: Plan, checkpoint: Any = ...
+                  ) -> Iterator[tuple[_Template, str | None, int | None]]:
+    """(template, text, draw) in job order; text None for a template (or draw) whose own
+    checkpoint is not ``checkpoint``, which is then not expanded at all."""
     if plan.spec.mode == "random":
         assert plan.spec.random is not None
         for i in range(plan.spec.random.count):
             rng = random.Random(f"{plan.spec.seed}:prompt:{i}")
             template = plan.templates[rng.randrange(len(plan.templates))]
+            if checkpoint is not ... and template.checkpoint != checkpoint:
+                yield template, None, i
+                continue
             text = template.text if template.node is None else templates.sample(
                 template.node, rng, plan.wildcards)
             yield template, text, i
         return
     for template in plan.templates:
-        if template.node is None:
+        if checkpoint is not ... and template.checkpoint != checkpoint:
+            yield template, None, None
+        elif template.node is None:
             yield template, template.text, None
         else:
             for text in templates.expand(template.node, plan.wildcards):
                 yield template, text, None
 
 
-def _apply(spec: JobSpec, template: _Template, text: str, axes: tuple[Axis, ...],
-           combo: tuple[Any, ...]) -> tuple[dict[str, Any], list[tuple[str, Any]], str]:
-    payload: dict[str, Any] = dict(spec.defaults)
-    for key, value in template.overrides.items():
-        set_dotted(payload, MATRIX_ALIASES.get(key, key), value)
+def _apply(plan: Plan, template: _Template, text: str, axes: tuple[Axis, ...],
+           combo: list[Any]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The payload of one combination: the template's base, then each axis in order."""
+    payload: dict[str, Any] = dict(template.base or {})
     prompt = text
-    negative = template.negative if template.negative is not None else spec.defaults.get(
-        "negative_prompt", "")
     axis_values: list[tuple[str, Any]] = []
     for axis, value in zip(axes, combo):
         if axis.kind == "replace":
@@ -131,15 +162,14 @@ def _apply(spec: JobSpec, template: _Template, text: str, axes: tuple[Axis, ...]
                 set_dotted(payload, key, v)
                 axis_values.append((key, _label(v)))
         else:
-            set_dotted(payload, MATRIX_ALIASES.get(axis.name, axis.name), value)
+            set_dotted(payload, payload_key(axis.name), value)
             axis_values.append((axis.name, _label(value)))
     payload["prompt"] = prompt
-    payload["negative_prompt"] = negative or ""
     if "mask" in payload:
-        inputs.check_mask(payload, spec.source_path)
+        inputs.check_mask(payload, plan.spec.source_path)
     if checkpoint_of(payload) is not None:
         payload.setdefault("override_settings_restore_afterwards", False)
-    return payload, axis_values, text
+    return payload, axis_values
 
 
 def _label(value: Any) -> Any:
@@ -151,13 +181,29 @@ def _label(value: Any) -> Any:
     return value
 
 
-def _seeds_for(plan: Plan, payload: dict[str, Any]) -> Iterator[int]:
-    if plan.seed_count is None:
-        yield from plan.seeds
-        return
-    content = orjson.dumps({k: v for k, v in payload.items() if k != "seed"},
-                           option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    for k in range(plan.seed_count):
-        digest = hashlib.sha256(b"%d:%d:" % (plan.spec.seed, k) + content).digest()
-        yield int.from_bytes(digest[:4], "big")
+def _seeds_for(plan: Plan, template: _Template, text: str) -> list[int] | tuple[int, ...] | _Repeat:
+    """The seeds of one prompt text (see the module docstring for the derivation rule)."""
+    if template.seed is not None:
+        return [template.seed]
+    if plan.seed_count is not None:
+        prefix = text.encode("utf-8", "surrogatepass")
+        return [int.from_bytes(hashlib.sha256(b"%d:%d:" % (plan.spec.seed, k) + prefix)
+                               .digest()[:4], "big") for k in range(plan.seed_count)]
+    if plan.server_seeds is not None:
+        return _Repeat(-1, plan.server_seeds)
+    return plan.seeds
 
+
+class _Repeat:
+    """``seeds: N``: N times -1 without a list of N items."""
+
+    __slots__ = ("value", "n")
+
+    def __init__(self, value: int, n: int) -> None:
+        self.value, self.n = value, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.repeat(self.value, self.n)

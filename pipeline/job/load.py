@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import JobError
+from pipeline.job import yamlsafe
 from pipeline.job.fields import MATRIX_ALIASES, TXT2IMG_FIELDS
+from pipeline.job.naming import Namer, job_axis_names
 from pipeline.job.schema import JobSpec
-from pipeline.job.naming import Namer
+from pipeline.job.values import FieldValueError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,14 @@ def load_job(path: str | Path, *, environ: dict[str, str] | None = None) -> JobS
 def parse_job(raw: bytes, *, path: str = "<job>", base_dir: str = ".",
               environ: dict[str, str] | None = None) -> JobSpec:
     """Parse job text already in memory (the Python API and tests use this)."""
+    secrets: list[str] = []
+    try:
+        return _parse(raw, path, base_dir, os.environ if environ is None else environ, secrets)
+    except JobError as exc:
+        raise _masked(exc, secrets) from None
+
+
+def _parse(raw: bytes, path: str, base_dir: str, environ: Any, secrets: list[str]) -> JobSpec:
     if b"\x00" in raw:
         raise JobError("contains NUL bytes; it is not a text file", path=path,
                        hint="a job file is YAML or JSON text")
@@ -63,30 +75,28 @@ def parse_job(raw: bytes, *, path: str = "<job>", base_dir: str = ".",
     except UnicodeDecodeError as exc:
         raise JobError(f"is not UTF-8 text (bad byte at offset {exc.start})", path=path,
                        hint="save the file as UTF-8") from None
-    node = _compose(text, path)
-    if node is None:
+    node, data = _read_document(text, path)
+    if data is None:
         raise JobError("is empty", path=path,
                        hint="a job needs at least 'prompts:'; see jobs/example.yaml")
-    _check_duplicate_keys(node, path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:  # composed fine but could not construct (e.g. bad timestamp)
-        raise _yaml_error(exc, path) from None
     if not isinstance(data, dict):
         raise JobError(f"holds a {type(data).__name__}, not a mapping of settings", path=path,
                        where="line 1",
                        hint="start with keys like 'prompts:'; see jobs/example.yaml")
+    secrets += _secrets(data)
     _check_top_keys(data, node, path)
-    data = _expand_env_in_backends(data, node, path, os.environ if environ is None else environ)
+    data = _expand_env_in_backends(data, node, path, environ)
+    secrets += _secrets(data)
     _warn_unknown_fields(data, node, path)
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc, node, path) from None
     try:
-        Namer(spec.naming)
+        Namer(spec.naming, axes=job_axis_names(spec))
     except JobError as exc:
-        raise JobError(exc.detail, path=path, where=f"line {line_of(node, ('naming',))}, naming",
+        line = line_of(node, ("naming",))
+        raise JobError(exc.detail, path=path, where=f"line {line}, naming" if line else "naming",
                        hint=exc.hint) from None
     if spec.grid is not None:
         from pipeline.grid.spec import GridSpec
@@ -105,38 +115,121 @@ def parse_job(raw: bytes, *, path: str = "<job>", base_dir: str = ".",
     })
 
 
-# --- YAML with positions ---------------------------------------------------------------------
+# --- YAML and JSON with positions ------------------------------------------------------------
 
-def _compose(text: str, path: str) -> yaml.Node | None:
+def _read_document(text: str, path: str) -> tuple[yaml.Node | None, Any]:
+    """(node tree for line numbers, or None; the data). JSON is read as JSON (tabs, exponents,
+    surrogate pairs), and its node tree comes from YAML when YAML can also read it."""
+    if text.lstrip().startswith(("{", "[")):
+        data = _read_json(text, path)
+        try:
+            yamlsafe.scan(text)
+            node = yaml.compose(text, Loader=yamlsafe.base_loader())
+        except (yaml.YAMLError, RecursionError, ValueError):
+            node = None
+        if node is not None:
+            _check_duplicate_keys(node, path)
+        return node, data
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        node, data = yamlsafe.load(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, path) from None
+    except RecursionError:
+        raise JobError("is nested too deeply to read", path=path,
+                       hint=f"a job nests at most {yamlsafe.MAX_DEPTH} levels") from None
+    if node is not None:
+        _check_duplicate_keys(node, path)
+    return node, data
+
+
+def _read_json(text: str, path: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise JobError(f"key {key!r} appears twice in one object", path=path,
+                               hint="keep one of them; a later one would silently win")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> Any:
+        raise JobError(f"{name} is not a number a request can carry", path=path,
+                       hint="write a finite number")
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise JobError(f"is not valid JSON: {exc.msg}", path=path,
+                       where=f"line {exc.lineno}, column {exc.colno}",
+                       hint="check the commas, quotes and brackets there") from None
+    except RecursionError:
+        raise JobError("is nested too deeply to read", path=path,
+                       hint=f"a job nests at most {yamlsafe.MAX_DEPTH} levels") from None
+    except ValueError as exc:  # an integer with thousands of digits
+        raise JobError(f"cannot be read: {exc}", path=path, hint="write shorter numbers") from None
+    problem = _json_problem(data)
+    if problem is not None:
+        loc, message = problem
+        raise JobError(message, path=path, where=_loc_text(loc) or None,
+                       hint="write the character itself, or both halves of its \\u escape pair")
+    return data
+
+
+def _json_problem(data: Any) -> tuple[tuple[Any, ...], str] | None:
+    """Depth over the limit, or a string with a lone surrogate (JSON allows \\ud83d alone)."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        loc, item = stack.pop()
+        if len(loc) > yamlsafe.MAX_DEPTH:
+            return loc[:3], f"values are nested deeper than {yamlsafe.MAX_DEPTH} levels"
+        if isinstance(item, str):
+            try:
+                yamlsafe.fix_surrogates(item)
+            except yaml.YAMLError:
+                return loc, "a \\u escape is half of a surrogate pair (a lone surrogate)"
+        elif isinstance(item, list):
+            stack.extend(((*loc, i), v) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if any("\ud800" <= c <= "\udfff" for c in key):
+                    return loc, "a key holds a lone surrogate (half of a \\u escape pair)"
+                stack.append(((*loc, key), value))
+    return None
 
 
 def _yaml_error(exc: yaml.YAMLError, path: str) -> JobError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if isinstance(exc, yamlsafe.YamlLimitError):
+        return JobError(problem, path=path, where=where,
+                        hint="a job file holds plain values, lists and mappings; write the "
+                             "values out (no tags), and keep aliases and nesting small")
     hint = "check indentation and quoting there; quote prompts that contain ': ', '#', '{' or '['"
     return JobError(f"is not valid YAML/JSON: {problem}", path=path, where=where, hint=hint)
 
 
-def _check_duplicate_keys(node: yaml.Node, path: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key in seen:
-                raise JobError(f"key {key!r} appears twice (first on line {seen[key]})",
-                               path=path, where=f"line {key_node.start_mark.line + 1}",
-                               hint="keep one of them; a later one would silently win")
-            if key is not None:
-                seen[key] = key_node.start_mark.line + 1
-            _check_duplicate_keys(value_node, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item, path)
+def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
+    stack = [root]
+    seen_nodes: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias: checked once
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key != "<<" and key in seen:
+                    raise JobError(f"key {key!r} appears twice (first on line {seen[key]})",
+                                   path=path, where=f"line {key_node.start_mark.line + 1}",
+                                   hint="keep one of them; a later one would silently win")
+                if key is not None:
+                    seen[key] = key_node.start_mark.line + 1
+                stack.append(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -160,6 +253,51 @@ def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
         else:
             return best
     return best
+
+
+# --- credentials in messages -----------------------------------------------------------------
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+
+
+def _secrets(data: dict[str, Any]) -> list[str]:
+    """Every credential the job holds, as written and percent-decoded, to keep out of messages."""
+    found: list[str] = []
+    backends = data.get("backends")
+    for backend in backends if isinstance(backends, list) else []:
+        if isinstance(backend, str):
+            backend = {"url": backend}
+        if not isinstance(backend, dict):
+            continue
+        url = backend.get("url")
+        if isinstance(url, str) and "@" in url:
+            userinfo = url.partition("://")[2].rpartition("@")[0]
+            found += [userinfo, userinfo.partition(":")[2]]
+        auth = backend.get("auth")
+        if isinstance(auth, str):
+            found += [auth, auth.partition(":")[2]]
+        headers = backend.get("headers")
+        if isinstance(headers, dict):
+            found += [v for v in headers.values() if isinstance(v, str)]
+    out = {s for s in found if len(s) >= 3}
+    out |= {unquote(s) for s in out}
+    return sorted(out, key=len, reverse=True)
+
+
+def _masked(exc: JobError, secrets: list[str]) -> JobError:
+    def mask(text: str | None) -> str | None:
+        if text is None:
+            return None
+        text = _USERINFO.sub(r"\1USER:PASS@", text)
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    detail, where, hint = mask(exc.detail), mask(exc.where), mask(exc.hint)
+    if (detail, where, hint) == (exc.detail, exc.where, exc.hint):
+        return exc
+    masked = JobError(detail or "", path=exc.path, where=where, hint=hint)
+    return masked
 
 
 # --- checks before the schema ----------------------------------------------------------------
@@ -255,15 +393,24 @@ _TYPE_HINTS = {
 }
 
 
-def _validation_error(exc: ValidationError, node: yaml.Node, path: str) -> JobError:
+def _validation_error(exc: ValidationError, node: yaml.Node | None, path: str) -> JobError:
     errors = exc.errors(include_url=False)
+
+    def loc_of(e: Any) -> tuple[Any, ...]:
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        cause = (e.get("ctx") or {}).get("error")
+        return (*loc, *cause.loc) if isinstance(cause, FieldValueError) else loc
+
     # For a union (e.g. a prompt as text or as an object) the deepest error is the telling one.
-    err = max(errors, key=lambda e: len(e["loc"]))
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    err = max(errors, key=lambda e: len(loc_of(e)))
+    loc = loc_of(err)
     field = _loc_text(loc)
     line = line_of(node, loc)
     msg = err["msg"].removeprefix("Value error, ")
     hint = _TYPE_HINTS.get(err["type"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldValueError):
+        msg, hint = cause.message, cause.hint
     if err["type"] == "extra_forbidden" and loc:
         parent = _model_fields_at(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), parent, n=1, cutoff=0.6) if parent else []
@@ -273,6 +420,8 @@ def _validation_error(exc: ValidationError, node: yaml.Node, path: str) -> JobEr
     if err["type"] == "missing":
         msg = f"'{loc[-1]}' is required" if loc else msg
         hint = "add it; see jobs/example.yaml"
+    if err["type"] == "finite_number":
+        hint = "write a finite number (.inf and .nan are not allowed)"
     hint = _FIELD_HINTS.get(loc[0] if loc else "", hint) if err["type"] != "value_error" else hint
     where = f"line {line}, {field}" if line and field else (f"line {line}" if line else field)
     return JobError(msg, path=path, where=where or None, hint=hint)

@@ -9,63 +9,40 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-_RANGE = re.compile(
-    r"^\s*(-?\d+(?:\.\d+)?)\s*\.\.\s*(-?\d+(?:\.\d+)?)\s*(?:step\s+(\d+(?:\.\d+)?))?\s*$")
-MAX_RANGE_VALUES = 100_000
+from pipeline.job import checks
+from pipeline.job.checks import no_duplicates as _no_duplicates
+from pipeline.job.fields import SEED_MAX
+from pipeline.job.values import (MAX_RANGE_VALUES, FieldValueError, expand_values,  # noqa: F401
+                                 parse_range)
+
+MAX_SEEDS = 1_000_000
+MAX_REQUEST_TIMEOUT_S = 86_400.0
+MAX_WAIT_S = 30 * 86_400.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-def parse_range(text: str) -> list[int | float] | None:
-    """``"5..9"`` -> [5, 6, 7, 8, 9]; ``"0.2..1.0 step 0.2"`` -> [0.2, 0.4, 0.6, 0.8, 1.0].
-
-    Inclusive on both ends; returns None when ``text`` is not a range.
-    """
-    match = _RANGE.match(text)
-    if not match:
-        return None
-    start_s, stop_s, step_s = match.groups()
-    is_float = any("." in s for s in (start_s, stop_s, step_s or ""))
-    start, stop = float(start_s), float(stop_s)
-    step = float(step_s) if step_s else 1.0
-    if step <= 0:
-        raise ValueError(f"range {text!r}: step must be positive")
-    if stop < start:
-        raise ValueError(f"range {text!r}: the end is below the start; write {stop_s}..{start_s}")
-    n = int((stop - start) / step + 1e-9) + 1
-    if n > MAX_RANGE_VALUES:
-        raise ValueError(f"range {text!r} has {n} values; the most is {MAX_RANGE_VALUES}")
-    decimals = max((len(s.split(".")[1]) for s in (start_s, stop_s, step_s or "") if "." in s),
-                   default=0)
-    values = [round(start + i * step, decimals) for i in range(n)]
-    return values if is_float else [int(v) for v in values]
-
-
-def expand_values(raw: Any) -> list[Any]:
-    """A matrix axis: a list, a single value, or range strings, flattened to a list of values."""
-    items = raw if isinstance(raw, list) else [raw]
-    out: list[Any] = []
-    for item in items:
-        rng = parse_range(item) if isinstance(item, str) else None
-        out.extend(rng if rng is not None else [item])
-    return out
-
-
-def _no_duplicates(values: list[Any], what: str) -> None:
-    """Two equal values would make two identical variants (and the same images twice)."""
-    seen: set[str] = set()
-    for value in values:
-        key = repr(value)
-        if key in seen:
-            raise ValueError(f"{what} lists {value!r} twice; each value makes its own variants, "
-                             "so keep one")
-        seen.add(key)
+def mask_url(url: str) -> str:
+    """``url`` as it may be shown: user info replaced, a port that is not a number hidden."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.netloc.rpartition("@")[2]
+        if "@" in parts.netloc:
+            host = "USER:PASS@" + host
+        name, colon, port = host.rpartition(":")
+        if colon and port and not port.isdigit() and "]" not in port:
+            host = f"{name}:***"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "the URL"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BackendSpec(_Strict):
@@ -81,46 +58,88 @@ class BackendSpec(_Strict):
     workflow: str | None = None
     concurrency: int = Field(1, ge=1, le=64)
     auth: SecretStr | None = None
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(600.0, gt=0, le=MAX_REQUEST_TIMEOUT_S)
     verify_tls: bool = True
     headers: dict[str, SecretStr] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _credentials_out_of_url(cls, data: Any) -> Any:
+        """``http://user:p%40ss@host`` -> url ``http://host`` and auth ``user:p@ss`` (decoded)."""
         if isinstance(data, str):
             data = {"url": data}
         if isinstance(data, dict) and isinstance(data.get("url"), str):
-            parts = urlsplit(data["url"].strip())
-            if parts.username is not None or parts.password is not None:
-                netloc = parts.hostname or ""
-                if parts.port:
-                    netloc += f":{parts.port}"
+            try:
+                parts = urlsplit(data["url"].strip())
+                has_userinfo = "@" in parts.netloc
+                host = parts.netloc.rpartition("@")[2]
+            except ValueError:
+                return data  # _check_url says what is wrong
+            if has_userinfo:
+                userinfo = parts.netloc.rpartition("@")[0]
+                user, _, password = userinfo.partition(":")
                 data = dict(data)
-                data["url"] = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+                data["url"] = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
                 if not data.get("auth"):
-                    data["auth"] = f"{parts.username or ''}:{parts.password or ''}"
+                    data["auth"] = f"{unquote(user)}:{unquote(password)}"
         return data
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url.strip())
+        shown = mask_url(url)
+        if _CONTROL.search(url) or " " in url.strip():
+            raise FieldValueError(f"{shown!r} contains spaces or control characters",
+                                  hint="write the URL on one line, without spaces")
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError as exc:
+            raise FieldValueError(f"{shown!r} is not a URL ({exc})",
+                                  hint="write it like http://127.0.0.1:7861") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"{url!r} is not a backend URL; write it like http://127.0.0.1:7861")
+            raise FieldValueError(f"{shown!r} is not a backend URL",
+                                  hint="write it like http://127.0.0.1:7861 (http or https)")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
-            raise ValueError(f"{url!r} has a bad port number") from None
+            raise FieldValueError(f"{shown!r} has a bad port number",
+                                  hint="a port is a number up to 65535; credentials go before "
+                                       "the host: http://user:password@host:port") from None
         return url.strip().rstrip("/")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str | None) -> str | None:
+        if name is not None and (_CONTROL.search(name) or not name.strip()):
+            raise FieldValueError("the backend name is empty or has control characters",
+                                  hint="write a short label such as gpu1")
+        return name
 
     @field_validator("auth")
     @classmethod
     def _check_auth(cls, auth: SecretStr | None) -> SecretStr | None:
         if auth is not None and ":" not in auth.get_secret_value():
-            raise ValueError("auth must look like user:password (as for --api-auth)")
+            raise FieldValueError("auth must look like user:password",
+                                  hint="write auth: \"user:password\" (as for the WebUI's "
+                                       "--api-auth), or ${VAR} to read it from the environment")
+        if auth is not None and _CONTROL.search(auth.get_secret_value()):
+            raise FieldValueError("auth contains a line break or control character",
+                                  hint="write user:password on one line")
         return auth
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise FieldValueError(f"header name {name[:40]!r} is not a valid HTTP header "
+                                      "name", loc=(name,), hint="use letters, digits and - "
+                                      "only, e.g. X-Token")
+            if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value.get_secret_value()):
+                raise FieldValueError(f"header {name} has a line break or control character "
+                                      "in its value", loc=(name,),
+                                      hint="a header value is one line of text")
+        return headers
 
     @property
     def label(self) -> str:
@@ -132,20 +151,20 @@ class RetrySpec(_Strict):
     """How hard to try. Attempts and time both bound a variant; health decides a backend's bench."""
 
     max_attempts: int = Field(8, ge=1, le=100)
-    max_time_s: float = Field(3600.0, gt=0)
-    backoff_initial_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(60.0, ge=0)
-    max_backends_per_variant: int = Field(3, ge=1)
-    bench_after_failures: int = Field(3, ge=1)
-    cooldown_s: float = Field(5.0, ge=0)
-    cooldown_max_s: float = Field(300.0, ge=0)
-    patience_s: float = Field(900.0, ge=0)
+    max_time_s: float = Field(3600.0, gt=0, le=MAX_WAIT_S)
+    backoff_initial_s: float = Field(1.0, ge=0, le=MAX_WAIT_S)
+    backoff_max_s: float = Field(60.0, ge=0, le=MAX_WAIT_S)
+    max_backends_per_variant: int = Field(3, ge=1, le=1000)
+    bench_after_failures: int = Field(3, ge=1, le=1000)
+    cooldown_s: float = Field(5.0, ge=0, le=MAX_WAIT_S)
+    cooldown_max_s: float = Field(300.0, ge=0, le=MAX_WAIT_S)
+    patience_s: float = Field(900.0, ge=0, le=MAX_WAIT_S)
 
 
 class PromptSpec(BaseModel):
     """A prompt template; other keys are txt2img fields that override ``defaults`` for it."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     prompt: str
     negative_prompt: str | None = None
@@ -194,7 +213,7 @@ class LoraAxis(_Strict):
 
 
 class SeedCount(_Strict):
-    count: int = Field(ge=1, le=1_000_000)
+    count: int = Field(ge=1, le=MAX_SEEDS)
 
 
 class RandomMode(_Strict):
@@ -230,7 +249,7 @@ class JobSpec(_Strict):
     replace: list[list[str]] = Field(default_factory=list)
     loras: LoraAxis | None = None
     seeds: list[int] | int | SeedCount = Field(default_factory=lambda: [-1])
-    seed: int = 0
+    seed: int = Field(0, ge=-2**63, le=2**63 - 1)
     mode: Literal["combinatorial", "random"] = "combinatorial"
     random: RandomMode | None = None
     wildcards: str | None = None
@@ -253,44 +272,35 @@ class JobSpec(_Strict):
 
     @field_validator("prompts", mode="after")
     @classmethod
-    def _plain_not_blank(cls, prompts: list[str | PromptSpec]) -> list[str | PromptSpec]:
+    def _check_prompts(cls, prompts: list[str | PromptSpec]) -> list[str | PromptSpec]:
+        out: list[str | PromptSpec] = []
         for i, p in enumerate(prompts):
             if isinstance(p, str) and not p.strip():
                 raise ValueError(f"prompt {i + 1} is empty; write the text to generate from")
-        return prompts
+            if isinstance(p, PromptSpec) and p.overrides:
+                try:
+                    checked = checks.check_overrides(p.overrides)
+                except checks.FieldValueError as exc:
+                    raise exc.at(i) from None
+                p = PromptSpec(prompt=p.prompt, negative_prompt=p.negative_prompt, raw=p.raw,
+                               name=p.name, **checked)
+            out.append(p)
+        return out
+
+    @field_validator("defaults", mode="after")
+    @classmethod
+    def _check_defaults(cls, defaults: dict[str, Any]) -> dict[str, Any]:
+        return checks.check_defaults(defaults)
 
     @field_validator("matrix", mode="after")
     @classmethod
     def _matrix_axes(cls, matrix: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, raw in matrix.items():
-            if not key or key.startswith(".") or key.endswith(".") or ".." in key:
-                raise ValueError(f"matrix key {key!r} is not a field name or dotted path")
-            if key in ("prompt", "seed"):
-                raise ValueError(f"matrix key {key!r}: use the top-level 'prompts' / 'seeds' "
-                                 "instead")
-            values = expand_values(raw)
-            if not values:
-                raise ValueError(f"matrix axis {key!r} has no values; give at least one")
-            _no_duplicates(values, f"matrix axis {key!r}")
-            out[key] = values
-        return out
+        return checks.check_matrix(matrix)
 
     @field_validator("zip", mode="after")
     @classmethod
     def _zip_groups(cls, groups: list[dict[str, list[Any]]]) -> list[dict[str, list[Any]]]:
-        for n, group in enumerate(groups, 1):
-            if not group:
-                raise ValueError(f"zip group {n} is empty")
-            lengths = {key: len(values) for key, values in group.items()}
-            if len(set(lengths.values())) != 1:
-                raise ValueError(f"zip group {n}: values move together, so every list needs the "
-                                 f"same length; got {lengths}")
-            if 0 in lengths.values():
-                raise ValueError(f"zip group {n} has empty lists")
-            _no_duplicates([tuple(map(repr, row)) for row in zip(*group.values())],
-                           f"zip group {n}")
-        return groups
+        return checks.check_zip(groups)
 
     @field_validator("replace", mode="after")
     @classmethod
@@ -306,14 +316,18 @@ class JobSpec(_Strict):
     @field_validator("seeds", mode="after")
     @classmethod
     def _seeds(cls, seeds: list[int] | int | SeedCount) -> list[int] | int | SeedCount:
-        if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds < 1:
-            raise ValueError("seeds: N must be at least 1 (N variants, the server picks seeds)")
+        if isinstance(seeds, int) and not isinstance(seeds, bool) and not 1 <= seeds <= MAX_SEEDS:
+            raise FieldValueError(f"{seeds} is outside 1..{MAX_SEEDS}",
+                                  hint=f"seeds: N makes N variants (the server picks each seed); "
+                                       f"N is 1..{MAX_SEEDS}")
         if isinstance(seeds, list):
             if not seeds:
                 raise ValueError("seeds is an empty list; give at least one seed, or -1")
+            if len(seeds) > MAX_SEEDS:
+                raise ValueError(f"seeds lists {len(seeds)} seeds; the most is {MAX_SEEDS}")
             for s in seeds:
-                if s < -1 or s > 2**32 - 1:
-                    raise ValueError(f"seed {s} is outside 0..4294967295 (or -1 for random)")
+                if s < -1 or s > SEED_MAX:
+                    raise ValueError(f"seed {s} is outside 0..{SEED_MAX} (or -1 for random)")
             _no_duplicates([s for s in seeds if s != -1], "seeds")
         return seeds
 
@@ -321,6 +335,12 @@ class JobSpec(_Strict):
     def _random_mode(self) -> JobSpec:
         if self.mode == "random" and self.random is None:
             raise ValueError("mode: random needs 'random: {count: N}' (how many prompts to draw)")
+        if self.mode == "random" and any(isinstance(p, PromptSpec) and "seed" in p.overrides
+                                         for p in self.prompts):
+            raise ValueError("a per-prompt 'seed' does not combine with mode: random (a draw "
+                             "picks the prompt); give the seeds with 'seeds:'")
+        checks.check_conflicts(self.matrix, self.zip, [
+            p.overrides if isinstance(p, PromptSpec) else None for p in self.prompts])
         return self
 
     # Set by the loader, not by the file.

@@ -38,6 +38,12 @@ def count(node: Node, wildcards: WildcardStore | None = None) -> int:
     return _Expander(wildcards).count(node)
 
 
+def max_chars(node: Node, wildcards: WildcardStore | None = None) -> int:
+    """The length of the longest string ``node`` can expand to (before tidying), computed without
+    expanding; bounds what wildcards using wildcards can build."""
+    return _Expander(wildcards).longest(node)
+
+
 def expand(node: Node, wildcards: WildcardStore | None = None) -> Iterator[str]:
     """Yield every expansion of ``node`` in a deterministic order, in constant memory."""
     for text in _Expander(wildcards).values(node):
@@ -68,6 +74,7 @@ class _Expander:
     def __init__(self, wildcards: WildcardStore | None) -> None:
         self.store = wildcards if wildcards is not None else WildcardStore(None)
         self.sizes: dict[int | str, int] = {}  # id(node) or wildcard name -> count
+        self.lengths: dict[int | str, int] = {}  # id(node) or wildcard name -> longest text
         self.wildcards: dict[str, Iterable[str]] = {}
 
     def count(self, node: Node) -> int:
@@ -84,6 +91,23 @@ class _Expander:
         else:
             size = sum(self.count(o) for o in self.store.options(node.name))
         self.sizes[key] = size
+        return size
+
+    def longest(self, node: Node) -> int:
+        key: int | str = node.name if isinstance(node, Wildcard) else id(node)
+        if key in self.lengths:
+            return self.lengths[key]
+        if isinstance(node, Literal):
+            size = len(node.text)
+        elif isinstance(node, Sequence):
+            size = sum(self.longest(p) for p in node.parts)
+        elif isinstance(node, Alternatives):
+            options, _, k_max = spread(node, self.store)
+            picked = sorted((self.longest(o.node) for o in options), reverse=True)[:k_max]
+            size = sum(picked) + len(node.joiner) * max(len(picked) - 1, 0)
+        else:
+            size = max(self.longest(o) for o in self.store.options(node.name))
+        self.lengths[key] = size
         return size
 
     def values(self, node: Node) -> Iterable[str]:

@@ -7,6 +7,7 @@ Nodes are immutable and hashable, so parsed templates can be cached and shared f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,25 @@ def wildcard_names(node: Node) -> set[str]:
         elif isinstance(current, Alternatives):
             stack.extend(o.node for o in current.options)
     return found
+
+
+def nesting(node: Node, wildcard_depth: Callable[[str], int]) -> int:
+    """Levels of groups and wildcard hops on the deepest path through ``node``; a wildcard
+    counts 1 plus ``wildcard_depth(name)`` (the nesting of its options). Iterative."""
+    best = 0
+    stack: list[tuple[Node, int]] = [(node, 0)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, Wildcard):
+            best = max(best, depth + 1 + wildcard_depth(current.name))
+        elif isinstance(current, Sequence):
+            stack.extend((part, depth) for part in current.parts)
+        elif isinstance(current, Alternatives):
+            best = max(best, depth + 1)
+            stack.extend((o.node, depth + 1) for o in current.options)
+        else:
+            best = max(best, depth)
+    return best
 
 
 def spread(node: Alternatives, store: Any) -> tuple[tuple[Option, ...], int, int]:

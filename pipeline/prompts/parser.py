@@ -34,6 +34,11 @@ Meaning:
   ``\\`` becomes one backslash.
 - ``__`` not followed by a name character other than ``_`` (``a __ b``, ``^__^``, ``____``)
   is literal; ``\_`` is one literal underscore.
+- Dynamic Prompts syntax that sdbatch does not implement is an error naming it, never sent on
+  mangled: sampler prefixes ``{~a|b}`` (cyclical) and ``{@a|b}`` (combinatorial) on groups and
+  ``__~name__`` / ``__@name__`` on wildcards, variables ``${name=...}`` and ``${name}``, wildcard
+  parameters ``__name(var=value)__``, and Jinja2 templates ``{% ... %}``. Write ``\$``, ``\{``
+  or ``\_`` to keep such characters literal.
 
 Errors raise ``TemplateError`` with the 0-based offset of the problem: an unclosed ``{``, a
 stray ``}``, an empty ``{}``, a bad choose-k spec or weight, an unterminated or malformed
@@ -50,6 +55,8 @@ from pipeline.errors import TemplateError
 from pipeline.prompts.nodes import EMPTY, Alternatives, Literal, Node, Option, Sequence, Wildcard
 
 ESCAPABLE = frozenset("{}|\\_$:")
+_UNSUPPORTED_HINT = ("sdbatch expands every group itself (all options in combinatorial mode, a "
+                     "weighted draw in mode: random); remove the prefix, or escape the character")
 MAX_DEPTH = 64
 _SPEC_HINT = ("write {2$$a|b|c}, a range {1-3$$a|b|c}, {-2$$...} (1-2) or {2-$$...} (2 to all); "
               "write \\$ for a literal $ at the start of a group")
@@ -98,6 +105,16 @@ class _Parser:
                                 "remove it, or write \\} for a literal brace")
             elif c == "|" and in_group:
                 break
+            elif c == "$" and text.startswith("${", self.pos):
+                raise self.fail("Dynamic Prompts variables (${name=...}, ${name}) are not "
+                                "supported", self.pos, "write the value out, or use a wildcard; "
+                                "write \\$ for a literal $")
+            elif c == "_" and text.startswith("__", self.pos) and text[self.pos + 2:self.pos + 3] \
+                    in ("~", "@") and self.pos + 3 < n and is_name_char(text[self.pos + 3]):
+                kind = "cyclical" if text[self.pos + 2] == "~" else "combinatorial"
+                raise self.fail(f"Dynamic Prompts' {kind} wildcard prefix "
+                                f"'__{text[self.pos + 2]}' is not supported", self.pos,
+                                "write __name__; " + _UNSUPPORTED_HINT)
             elif self.at_wildcard():
                 parts.append(Literal("".join(buf)))
                 buf.clear()
@@ -127,6 +144,10 @@ class _Parser:
         p = start + 2
         while p < n and is_name_char(text[p]) and not text.startswith("__", p):
             p += 1
+        if text.startswith("(", p):
+            raise self.fail("Dynamic Prompts wildcard parameters (__name(var=value)__) are not "
+                            "supported", start, "write __name__, and put the value in the "
+                            "wildcard file or the prompt")
         if not text.startswith("__", p):
             raise self.fail(f"wildcard {text[start:p]!r} is not closed with '__'", start,
                             "write __name__, or \\_\\_ for literal underscores")
@@ -145,6 +166,14 @@ class _Parser:
         if self.depth > MAX_DEPTH:
             raise self.fail(f"braces nested deeper than {MAX_DEPTH}", start)
         self.pos += 1
+        first = self.text[self.pos:self.pos + 1]
+        if first in ("~", "@"):
+            kind = "cyclical" if first == "~" else "combinatorial"
+            raise self.fail(f"Dynamic Prompts' {kind} sampler prefix '{{{first}' is not "
+                            "supported", start, _UNSUPPORTED_HINT)
+        if first == "%":
+            raise self.fail("Jinja2 templates ({% ... %}) are not supported", start,
+                            "write the options out as {a|b}, or use wildcards")
         spec_at = self.pos
         spec = self.leading("$$")
         k_min, joiner = 1, ", "

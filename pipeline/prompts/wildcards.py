@@ -15,6 +15,11 @@ Options are templates themselves. ``options(name)`` also resolves every wildcard
 use, transitively, so a missing nested wildcard or a cycle is reported as soon as the name is
 first looked up (the job layer does that before a run starts), never in the middle of a run.
 Files are read once and cached; the only I/O of the template language happens here.
+
+Limits a real job never reaches (each an error naming the wildcard): a chain of wildcards
+using wildcards at most ``MAX_CHAIN`` deep, groups and wildcard hops nested at most
+``MAX_NESTING`` levels in all, files of at most ``MAX_FILE_BYTES``, and YAML files within the
+job loader's limits (no tags, bounded nesting and aliases).
 """
 
 from __future__ import annotations
@@ -27,8 +32,13 @@ from typing import Any
 import yaml
 
 from pipeline.errors import JobError, TemplateError
-from pipeline.prompts.nodes import Node, wildcard_names
+from pipeline.job import yamlsafe
+from pipeline.prompts.nodes import Node, nesting, wildcard_names
 from pipeline.prompts.parser import parse
+
+MAX_CHAIN = 32
+MAX_NESTING = 100
+MAX_FILE_BYTES = 32 * 1024 * 1024
 
 _Source = tuple[str, str]  # (file, "line N" / "key path item N"), for error messages
 
@@ -41,6 +51,7 @@ class WildcardStore:
         self._options: dict[str, tuple[Node, ...]] = {}
         self._sources: dict[str, tuple[_Source, ...]] = {}
         self._checked: set[str] = set()
+        self._depth: dict[str, int] = {}
         self._yaml: dict[Path, Any] = {}
         self._names: list[str] | None = None
 
@@ -49,6 +60,12 @@ class WildcardStore:
         if name not in self._checked:
             self._check(name, [], None)
         return self._options[name]
+
+    def depth(self, name: str) -> int:
+        """Levels of groups and wildcard hops inside ``name``'s options (checked names only)."""
+        if name not in self._checked:
+            self.options(name)
+        return self._depth[name]
 
     def names(self) -> list[str]:
         """Every wildcard name the folder offers, sorted (files, YAML keys; not patterns)."""
@@ -82,7 +99,21 @@ class WildcardStore:
                     raise JobError(f"wildcard cycle: {chain}", path=source[0], where=source[1],
                                    hint="a wildcard must not use itself, directly or through "
                                         "other wildcards; remove one link of the chain")
+                if len(stack) >= MAX_CHAIN:
+                    chain = " -> ".join(f"__{n}__" for n in [*stack[:3], "...", ref])
+                    raise JobError(f"wildcards use wildcards more than {MAX_CHAIN} deep: {chain}",
+                                   path=source[0], where=source[1],
+                                   hint="flatten the chain: let a wildcard list its options "
+                                        "instead of pointing at another wildcard")
                 self._check(ref, stack, source)
+        depth = max((nesting(node, self._depth.__getitem__) for node in self._options[name]),
+                    default=0)
+        if depth > MAX_NESTING:
+            source = self._sources[name][0] if self._sources[name] else (None, None)
+            raise JobError(f"__{name}__ nests {depth} levels of groups and wildcards; the most "
+                           f"is {MAX_NESTING}", path=source[0], where=source[1],
+                           hint="flatten the nesting of {...} groups and wildcards")
+        self._depth[name] = depth
         stack.pop()
         self._checked.add(name)
 
@@ -162,7 +193,8 @@ class WildcardStore:
     def _read_yaml(self, path: Path) -> Any:
         if path not in self._yaml:
             try:
-                text = path.read_text(encoding="utf-8-sig")
+                text = _read_text(path)
+                yamlsafe.scan(text)
                 self._yaml[path] = yaml.load(text, Loader=yaml.BaseLoader)
             except OSError as exc:
                 raise JobError(f"cannot read wildcard file: {exc.strerror}", path=str(path)) from exc
@@ -181,9 +213,17 @@ class WildcardStore:
 _MISSING = object()
 
 
+def _read_text(path: Path) -> str:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise JobError(f"wildcard file is {size} bytes; the most is {MAX_FILE_BYTES}",
+                       path=str(path), hint="split it into several wildcard files")
+    return path.read_text(encoding="utf-8-sig")
+
+
 def _read_txt(path: Path) -> list[tuple[str, _Source]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _read_text(path)
     except OSError as exc:
         raise JobError(f"cannot read wildcard file: {exc.strerror}", path=str(path)) from exc
     except UnicodeDecodeError as exc:
