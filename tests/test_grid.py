@@ -301,9 +301,9 @@ grid: {x: lora_name, y: weight}
     data = assemble(entries, Outcomes({}, {}), GridSpec.from_job(spec))
     assert data.x_values == ("detail", "grain") and data.y_values == (0, 0.5, 1.0)
     [page] = data.pages
-    baseline = next(e.id for e in entries if e.axes["lora"] == "baseline")
-    assert page.cell(0, 0).variant_id == page.cell(0, 1).variant_id == baseline
-    assert len({page.cell(r, c).variant_id for r in (1, 2) for c in (0, 1)}) == 4
+    baseline = next(e.axes for e in entries if e.axes["lora"] == "baseline")
+    assert page.cell(0, 0).axes == page.cell(0, 1).axes == baseline
+    assert len({page.cell(r, c).axes["lora"] for r in (1, 2) for c in (0, 1)}) == 4
     assert data.collisions == 0
 
 
@@ -347,8 +347,9 @@ grid: {x: prompt, page: steps}
 
 def test_the_job_size_limit_is_a_clear_error() -> None:
     spec = spec_of("prompts: [a]\nseeds: {count: 30}\n")
-    with pytest.raises(UsageError, match="30 variants; a grid covers at most 10"):
+    with pytest.raises(UsageError, match="cover 30 variants; it covers at most 10") as info:
         expected_entries(spec, limit=10)
+    assert "--where" in str(info.value)  # says how to narrow it
 
 
 # --- drawing -------------------------------------------------------------------------------------

@@ -73,15 +73,102 @@ def default_label(axis: str, value: Any) -> str:
     if key == "seed":
         if isinstance(value, str) and value.startswith("random#"):
             return f"random seed {value.removeprefix('random#')}"
+        if isinstance(value, str) and value.startswith("derived#"):
+            return f"seed #{value.removeprefix('derived#')}"
         return f"seed {value}"
+    if axis.startswith("replace:"):
+        search = axis.removeprefix("replace:")
+        return f"{value} (as written)" if value == search else str(value)
     if key == "template":
         return f"prompt {int(value) + 1}" if isinstance(value, int) else str(value)
     if isinstance(value, dict):
-        return ", ".join(f"{axis_title(k)} {_scalar(v)}" for k, v in value.items())
+        return " · ".join(part_labels(axis, value, {}))
     if isinstance(value, (list, tuple)):
         return " × ".join(_scalar(v) for v in value)
     text = _scalar(value)
     return f"{_VALUE_PREFIX.get(key, '')}{text}{_VALUE_SUFFIX.get(key, '')}"
+
+
+def size_text(value: Mapping[str, Any]) -> str | None:
+    """``512x768`` for a mapping with an integer width and height, else None."""
+    w, h = value.get("width"), value.get("height")
+    if isinstance(w, int) and isinstance(h, int) and not isinstance(w, bool):
+        return f"{w}x{h}"
+    return None
+
+
+def part_labels(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]], *,
+                described: bool = True) -> list[str]:
+    """A composite value (``prompt+seed``, ``width+height``) as one label per part, each
+    understandable alone; width and height together read ``512x768``."""
+    one = described_label if described else label_for
+    if not isinstance(value, dict):
+        return [one(axis, value, custom)]
+    if axis in custom:  # a custom label for the whole zip group
+        whole = _custom(axis, value, custom)
+        if whole is not None:
+            return [whole]
+    out: list[str] = []
+    size = size_text(value)
+    for part, v in value.items():
+        if size is not None and part in ("width", "height"):
+            if part == "width" or "width" not in value:
+                out.append(size)
+            continue
+        out.append(one(part, v, custom))
+    return out
+
+
+def header_label(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]]) -> str:
+    """A row or column header: a composite's parts on lines of their own."""
+    if "+" in axis and isinstance(value, dict):
+        return "\n".join(part_labels(axis, value, custom, described=False))
+    return label_for(axis, value, custom)
+
+
+def title_label(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]]) -> str:
+    """A value in a title, where it must say which axis it is on."""
+    if "+" in axis and isinstance(value, dict):
+        return " · ".join(part_labels(axis, value, custom))
+    return described_label(axis, value, custom)
+
+
+def matches_text(axis: str, value: Any, text: str) -> bool:
+    """True when ``text`` names ``value`` of ``axis``: its raw text, its label (``CFG 7``,
+    ``512x768``, ``seed #1``), its number (``7`` is ``7.0``); a prompt also by a part of it."""
+    wanted = text.strip()
+    folded = wanted.casefold()
+    if isinstance(value, dict):
+        size = size_text(value)
+        labels = {" · ".join(part_labels(axis, value, {})).casefold(), value_key(value).casefold()}
+        if size is not None and len(value) == 2:
+            labels.add(size.casefold())
+        return folded.replace("×", "x").replace(" ", "") in {t.replace(" ", "") for t in labels}
+    candidates = {k.casefold() for k in _label_keys(value)}
+    candidates.add(default_label(axis, value).casefold())
+    if isinstance(value, str) and value.startswith(("derived#", "random#")):
+        candidates.add("#" + value.split("#", 1)[1])
+    if folded in candidates:
+        return True
+    number = _as_number(value)
+    if number is not None and _as_number(wanted) == number:
+        return True
+    return canonical(axis) == "prompt" and isinstance(value, str) and bool(folded) \
+        and folded in value.casefold()
+
+
+def _custom(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]]) -> str | None:
+    mapping = custom.get(axis)
+    if not mapping:
+        return None
+    for candidate in _label_keys(value):
+        if candidate in mapping:
+            return mapping[candidate]
+    if isinstance(value, dict):
+        size = size_text(value)
+        if size is not None and size in mapping:
+            return mapping[size]
+    return None
 
 
 def label_for(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]]) -> str:
@@ -105,8 +192,13 @@ def label_for(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]]) ->
 
 def described_label(axis: str, value: Any, custom: Mapping[str, Mapping[str, str]]) -> str:
     """A label that makes sense on its own (for titles): the axis name added where needed."""
+    if isinstance(value, dict):
+        return " · ".join(part_labels(axis, value, custom))
     text = label_for(axis, value, custom)
-    if canonical(axis) in _SELF_DESCRIBING:
+    if canonical(axis) in _SELF_DESCRIBING or axis.startswith("replace:"):
+        if axis.startswith("replace:"):
+            search = axis.removeprefix("replace:")
+            return f"{search!r} as written" if value == search else f"{search!r} → {value!r}"
         return text
     if canonical(axis) == "lora_name":
         return text if value is None else f"LoRA {text}"

@@ -259,7 +259,8 @@ def _frame(shape: GridShape, cell_w_px: int, font_for: FontFor) -> _Frame:
                       for t in shape.col_labels)
     col_h = 2 * pad + line_h * max([1, *(len(lines) for lines in col_lines)])
     if shape.row_labels:
-        natural = max(measure.width_px(t) for t in shape.row_labels)
+        natural = max(measure.width_px(line) for t in shape.row_labels
+                      for line in t.split("\n"))
         least = measure.width_px("M" * 6)
         most = max(float(cell_w_px), measure.width_px("M" * 12))
         row_w = math.ceil(min(max(natural, least), most)) + 2 * pad

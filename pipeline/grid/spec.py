@@ -2,8 +2,10 @@
 
     grid:
       x: lora                 # columns: a matrix key, seed, prompt, template, lora, lora_name,
-      y: seed                 #   lora_weight, replace:<search>, a zip key or group (width+height)
+      y: prompt+seed          #   lora_weight, replace:<search>, a zip key or group (width+height);
+                              #   several joined with + make one composite axis (prompt+seed)
       page: cfg_scale         # optional: one sheet per value
+      where: {checkpoint: dreamshaper_8}   # optional: hold other axes at one value
       labels:                 # optional: custom headers, per axis, per value
         lora: {baseline: "no LoRA", "detail:0.5": "detail, half"}
       title: "Detail LoRA sweep"
@@ -13,8 +15,10 @@
       baseline: first         # where the no-LoRA row/column goes: first | last
 
 Axis names are checked against the job's own axes at load time (``GridSpec.from_job``), with a
-did-you-mean; friendly aliases (``checkpoint``, ``model``, ``cfg``, ``sampler``, ``weight``)
-resolve to the axis the job actually has. This module imports nothing from the job schema at
+did-you-mean drawn only from the axes the job has (never the name typed); friendly aliases
+(``checkpoint``, ``model``, ``cfg``, ``sampler``, ``weight``) resolve to the axis the job actually
+has. A name joined with ``+`` that is not a zip group is a composite axis: each part is resolved
+on its own, and its values are the combinations (``prompt+seed``: one row per prompt and seed). This module imports nothing from the job schema at
 import time, so ``pipeline.job.schema`` may import it.
 """
 
@@ -39,6 +43,7 @@ FRIENDLY_ALIASES = {
     "lora_strength": "lora_weight", "seeds": "seed", "prompts": "prompt",
 }
 GRID_AXIS_FIELDS = ("x", "y", "page")
+VIEW_FIELDS = ("x", "y", "page", "where", "title", "cell_px", "format", "quality", "baseline")
 
 
 class GridSpec(BaseModel):
@@ -49,6 +54,7 @@ class GridSpec(BaseModel):
     x: str
     y: str | None = None
     page: str | None = None
+    where: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, dict[str, str]] = Field(default_factory=dict)
     title: str | None = None
     cell_px: int = Field(256, ge=32, le=2048)
@@ -69,6 +75,14 @@ class GridSpec(BaseModel):
                 mapping = {_text(k): _text(v) for k, v in mapping.items()}
             out[str(axis)] = mapping
         return out
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _stringify_where(cls, where: Any) -> Any:
+        """``where: {cfg_scale: 7}`` holds the axis at the value whose text is ``7``."""
+        if not isinstance(where, dict):
+            return where
+        return {str(k).strip(): _text(v) for k, v in where.items()}
 
     @field_validator("x", "y", "page")
     @classmethod
@@ -109,9 +123,21 @@ class GridSpec(BaseModel):
                                path=path, where=f"grid.{field}", hint=_axis_hint(wanted, axes))
             names[field] = found
         placed = [n for n in names.values() if n is not None]
-        if len(set(placed)) != len(placed):
+        parts = [p for n in placed for p in split_axis(n)]
+        if len(set(placed)) != len(placed) or len(set(parts)) != len(parts):
             raise JobError(f"grid puts the same axis on two sides ({', '.join(placed)})",
                            path=path, where="grid", hint="give x, y and page different axes")
+        where: dict[str, str] = {}
+        for axis, value in self.where.items():
+            found = resolve_axis(axis, axes)
+            if found is None:
+                raise JobError(f"where: {axis!r} is not an axis of this job", path=path,
+                               where=f"grid.where.{axis}", hint=_axis_hint(axis, axes))
+            if set(split_axis(found)) & set(parts):
+                raise JobError(f"where holds {found!r}, which the grid also places", path=path,
+                               where=f"grid.where.{axis}",
+                               hint="hold only axes that are not on x, y or page")
+            where[found] = value
         labels: dict[str, dict[str, str]] = {}
         for axis, mapping in self.labels.items():
             found = resolve_axis(axis, axes)
@@ -120,7 +146,11 @@ class GridSpec(BaseModel):
                                path=path, where=f"grid.labels.{axis}",
                                hint=_axis_hint(axis, axes))
             labels[found] = {**labels.get(found, {}), **mapping}
-        return self.model_copy(update={**names, "labels": labels})
+        return self.model_copy(update={**names, "where": where, "labels": labels})
+
+    def view(self) -> dict[str, Any]:
+        """What a saved view records to be rendered again (see ``render``)."""
+        return {k: getattr(self, k) for k in VIEW_FIELDS}
 
 
 def _validate(raw: Any, path: str | None) -> GridSpec:
@@ -193,18 +223,46 @@ def resolve_axis(name: str, axes: dict[str, str] | list[str] | tuple[str, ...]) 
     for axis in axes:
         if canonical(axis) == wanted:
             return axis
-    if "+" in name:  # a zip group written with aliases: checkpoint+vae
+    if "+" in name:  # a zip group written with aliases (checkpoint+vae), or a composite
         parts = "+".join(canonical(p) for p in name.split("+"))
         for axis in axes:
             if "+" in axis and "+".join(canonical(p) for p in axis.split("+")) == parts:
                 return axis
+        found = [resolve_axis(p.strip(), axes) for p in name.split("+") if p.strip()]
+        if len(found) >= 2 and all(found):
+            return "+".join(f for f in found if f)
     return None
 
 
-def _axis_hint(name: str, axes: dict[str, str]) -> str:
+def split_axis(name: str) -> tuple[str, ...]:
+    """The payload-level parts of an axis name: ``prompt+seed`` -> (prompt, seed)."""
+    return tuple(name.split("+")) if "+" in name else (name,)
+
+
+def _axis_hint(name: str, axes: dict[str, str] | list[str] | tuple[str, ...]) -> str:
+    """The job's axes, and a did-you-mean drawn only from them (never ``name`` itself)."""
     choices = list(axes)
-    close = difflib.get_close_matches(name, choices + list(FRIENDLY_ALIASES), n=1, cutoff=0.6)
     listing = ", ".join(choices)
+    close = suggest(name, choices)
     if close:
-        return f"did you mean {close[0]!r}? this job's axes are: {listing}"
+        return f"did you mean {close!r}? this job's axes are: {listing}"
     return f"this job's axes are: {listing}"
+
+
+def suggest(typed: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The closest of ``choices`` to ``typed``, or None; never ``typed`` itself.
+
+    Aliases count as spellings of the axis they stand for (``cfg`` finds ``cfg_scale``), but the
+    suggestion is always one of ``choices`` as listed.
+    """
+    typed = typed.strip()
+    spellings: dict[str, str] = {}
+    for choice in choices:
+        if choice == typed:
+            continue
+        spellings.setdefault(choice.lower(), choice)
+        for alias, target in FRIENDLY_ALIASES.items():
+            if canonical(choice) == target:
+                spellings.setdefault(alias, choice)
+    close = difflib.get_close_matches(typed.lower(), list(spellings), n=1, cutoff=0.6)
+    return spellings[close[0]] if close else None
