@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from pipeline.errors import UsageError
 from pipeline.sim import SimConfig, SimServer, add_sim_arguments, config_from_args, start_sim
 from pipeline.sim.config import make_checkpoint
 from pipeline.sim.render import read_user_comment
@@ -719,3 +720,155 @@ async def test_a1111_profile(start: Start, http) -> None:
     body = await txt2img(http, sim, {"steps": "many"}, status=422)
     assert body["detail"][0]["msg"] == "value is not a valid integer"
     assert "errors" in await txt2img(http, sim, {"batch_size": 0}, status=500)
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def progress_of(http: aiohttp.ClientSession, sim: SimServer) -> dict[str, Any]:
+    return await get(http, f"{sim.url}/sdapi/v1/progress")
+
+
+@pytest.mark.parametrize("route", ["interrupt", "skip"])
+async def test_forge_interrupt_and_skip_answer_a_half_done_image(start: Start, http,
+                                                                 route: str) -> None:
+    sim = await start(FORGE, latency_s=0.4)
+    request = {"prompt": "stop me", "seed": 303, "steps": 20}
+    task = asyncio.create_task(txt2img(http, sim, request))
+
+    async def sampling() -> bool:
+        return (await progress_of(http, sim))["state"]["sampling_step"] >= 2
+
+    await wait_for(sampling)
+    async with http.post(f"{sim.url}/sdapi/v1/{route}") as resp:
+        assert resp.status == 200
+        assert await resp.json() == ({} if route == "interrupt" else None)
+    body = await task
+    assert len(body["images"]) == 1, "200 with one image, as if nothing happened"
+    assert fields_of(infotext_of(body))["Steps"] == "20", "it still claims every step"
+    complete = await txt2img(http, sim, request)
+    assert pixels(complete["images"][0]) != pixels(body["images"][0]), "but it is half done"
+    assert infotext_of(complete) == infotext_of(body)
+
+
+async def test_forge_skip_goes_on_with_the_next_batch(start: Start, http) -> None:
+    sim = await start(FORGE, latency_s=0.3)
+    task = asyncio.create_task(txt2img(http, sim, {"seed": 1, "n_iter": 2}))
+
+    async def sampling() -> bool:
+        return (await progress_of(http, sim))["state"]["sampling_step"] >= 1
+
+    await wait_for(sampling)
+    async with http.post(f"{sim.url}/sdapi/v1/skip"):
+        pass
+    body = await task
+    assert len(body["images"]) == 2 and info_of(body)["all_seeds"] == [1, 2]
+    complete = await txt2img(http, sim, {"seed": 1, "n_iter": 2})
+    assert pixels(body["images"][0]) != pixels(complete["images"][0])
+    assert pixels(body["images"][1]) == pixels(complete["images"][1])
+
+
+async def test_forge_progress_early_nonsense_and_leftovers(start: Start, http) -> None:
+    sim = await start(FORGE, latency_s=0.4, prepare_s=0.3)
+    idle = await progress_of(http, sim)
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+    assert set(idle) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    await txt2img(http, sim, {"steps": 4})
+    task = asyncio.create_task(txt2img(http, sim, {"steps": 8}))
+    await wait_for(lambda: _busy(http, sim))
+    early = await progress_of(http, sim)
+    assert early["progress"] == pytest.approx(0.01) and early["state"]["sampling_step"] == 0
+    assert early["state"]["sampling_steps"] == 4, "the previous job's step count, at first"
+    await asyncio.sleep(0.1)
+    later = await progress_of(http, sim)
+    assert later["eta_relative"] > early["eta_relative"], "elapsed/progress: it only climbs"
+
+    async def stepping() -> bool:
+        return (await progress_of(http, sim))["state"]["sampling_step"] >= 2
+
+    await wait_for(stepping)
+    mid = await progress_of(http, sim)
+    assert mid["state"]["sampling_steps"] == 8 and 0.01 < mid["progress"] < 1
+    await task
+    after = await progress_of(http, sim)
+    assert after["progress"] == 0 and after["state"]["job_count"] == 0
+    assert (after["state"]["job_no"], after["state"]["sampling_steps"]) == (1, 8)
+
+
+async def _busy(http: aiohttp.ClientSession, sim: SimServer) -> bool:
+    return (await progress_of(http, sim))["state"]["job_count"] > 0
+
+
+async def test_forge_gets_do_not_wait_but_refresh_does(start: Start, http) -> None:
+    sim = await start(FORGE, latency_s=0.5)
+    task = asyncio.create_task(txt2img(http, sim, {}))
+    await wait_for(lambda: _busy(http, sim))
+    started = time.monotonic()
+    for route in ("sd-models", "options", "samplers", "loras", "progress", "memory"):
+        await get(http, f"{sim.url}/sdapi/v1/{route}")
+    assert time.monotonic() - started < 0.3
+    async with http.post(f"{sim.url}/sdapi/v1/refresh-checkpoints") as resp:
+        assert resp.status == 200
+    assert task.done(), "refresh-checkpoints takes the queue lock"
+    await task
+
+
+SDNEXT = replace(FORGE, profile="sdnext")
+
+
+async def test_sdnext_rate_budget(start: Start, http) -> None:
+    sim = await start(SDNEXT, rate_limit_per_min=12, rate_window_s=0.6)
+    for _ in range(2):  # txt2img costs 5 of the 12
+        await txt2img(http, sim, {})
+    async with http.post(f"{sim.url}/sdapi/v1/txt2img", json=SMALL) as resp:
+        body = await resp.json()
+        assert resp.status == 429 and body["code"] == 429 and "rate limit" in body["detail"]
+        assert resp.headers["Retry-After"] == "1", "whole seconds until the budget frees"
+    assert sim.stats.generations == 3, "SD.Next checks after the handler: the work was done"
+    for _ in range(12):  # every route has a budget of its own
+        await get(http, f"{sim.url}/sdapi/v1/options")
+    await get(http, f"{sim.url}/sdapi/v1/options", status=429)
+    await asyncio.sleep(0.65)
+    await txt2img(http, sim, {})
+    quiet = await start(SDNEXT, rate_limit_per_min=5, rate_retry_after=False)
+    await txt2img(http, quiet, {})
+    async with http.post(f"{quiet.url}/sdapi/v1/txt2img", json=SMALL) as resp:
+        assert resp.status == 429 and "Retry-After" not in resp.headers
+    off = await start(SDNEXT, rate_limit_per_min=0)
+    for _ in range(3):
+        await txt2img(http, off, {})
+
+
+async def test_sdnext_profile_routes(start: Start, http) -> None:
+    sim = await start(SDNEXT)
+    version = await get(http, f"{sim.url}/sdapi/v1/version")
+    assert version["app"] == "sd.next"
+    await get(http, f"{sim.url}/sdapi/v1/schedulers", status=404)
+    body = await txt2img(http, sim, {"sampler_name": "No Such Sampler"}, status=404)
+    assert body["detail"] == "Sampler not found" and body["code"] == 404
+    async with http.post(f"{sim.url}/sdapi/v1/interrupt") as resp:
+        assert resp.status == 204
+    forge = await start(FORGE)
+    await get(http, f"{forge.url}/sdapi/v1/version", status=404)
+
+
+def test_cli_profile_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_sim_arguments(parser)
+    config = config_from_args(parser.parse_args([
+        "--profile", "forge", "--forge-ui", "--hash-cache", "a.safetensors", "--models",
+        "a.safetensors,b.safetensors", "--hash-cost-s", "2", "--prepare-s", "1",
+        "--saved-options", "sd_model_checkpoint,samples_format"]))
+    assert (config.profile, config.forge_ui, config.hash_cache) == ("forge", True,
+                                                                    ("a.safetensors",))
+    assert config.webui_version.startswith("f2.") and config.kind == "forge"
+    assert config.saved_options == ("sd_model_checkpoint", "samples_format")
+    sdnext = config_from_args(parser.parse_args(["--profile", "sdnext", "--rate-limit-per-min",
+                                                 "10", "--no-retry-after"]))
+    assert (sdnext.rate_limit_per_min, sdnext.rate_retry_after) == (10, False)
+    with pytest.raises(UsageError, match="classic profile only"):
+        config_from_args(parser.parse_args(["--profile", "forge", "--flavor", "sdnext"]))
