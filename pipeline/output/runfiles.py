@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from pipeline import __version__
 from pipeline.job.schema import JobSpec
+from pipeline.output.atomic import output_error
 from pipeline.output.layout import JOB_COPY, RUN_FILE, now_iso
 from pipeline.output.store import OutputStore
 
@@ -55,3 +57,24 @@ def write_run_files(store: OutputStore, spec: JobSpec, *, status: str, counts: d
     store.write_json(RUN_FILE, run)
     if status == "running":
         store.write_json(JOB_COPY, public_job(spec))
+
+
+def load_run_job(out_dir: Path) -> JobSpec | None:
+    """The job an output directory was made with (``job.json``), or None when it has none."""
+    from pipeline.job.load import parse_job
+
+    path = out_dir / JOB_COPY
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise output_error(exc, path) from exc
+    base_dir = str(out_dir)
+    try:
+        run = orjson.loads((out_dir / RUN_FILE).read_bytes())
+        if isinstance(run, dict) and isinstance(run.get("job_base_dir"), str):
+            base_dir = run["job_base_dir"] or base_dir
+    except (OSError, orjson.JSONDecodeError):
+        pass
+    return parse_job(raw, path=str(path), base_dir=base_dir)

@@ -30,6 +30,7 @@ from pipeline.events import (AllBackendsDown, BackendChanged, Event, Listener, R
                              RunStarted, Stopping, VariantSkipped)
 from pipeline.job.naming import Namer
 from pipeline.job.schema import BackendSpec, JobSpec
+from pipeline.output.prune import count_stale, job_ids
 from pipeline.output.resume import ResumeFilter
 from pipeline.output.runfiles import read_run
 from pipeline.output.store import OutputStore
@@ -42,6 +43,7 @@ from pipeline.schedule.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 SUPERVISE_EVERY_S = 0.25
+STALE_COUNT_LIMIT = 200_000  # variants: above this, say the job changed without counting
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +141,8 @@ class Run:
         previous = read_run(self.writer.store)
         resume = await asyncio.to_thread(self.writer.prepare, verify=self.options.verify,
                                          lock_wait_s=self.options.lock_wait_s)
-        own: tuple[str, ...] = ()
-        if previous.get("job_sha256") not in (None, self.spec.content_sha256) and resume.images:
-            own += (f"{self.options.out_dir} holds images of another version of this "
-                             "job (the job file changed); images it no longer makes stay until "
-                             f"'sdbatch prune {self.options.out_dir}'",)
-        self.summary.total = self._total()
-        self._filter = ResumeFilter(resume.complete,
-                                    on_skip=lambda n: self.emit(VariantSkipped(n)))
-        self._write_run_files("running")
-        self.emit(RunStarted(self.summary.total, len(resume.complete), tuple(self.health),
-                             str(self.options.out_dir), self.options.simulated,
-                             self.spec.retry.patience_s, own))
         try:
+            await self._start(previous, resume)
             await self.writer.store.open()
             try:
                 await self._probe_all()
@@ -168,7 +159,32 @@ class Run:
         finally:
             self.summary.elapsed_s = time.monotonic() - started
             self._finish()
+            await asyncio.shield(self.writer.store.close())  # releases the directory's lock
         return self.summary
+
+    async def _start(self, previous: dict[str, Any], resume: Any) -> None:
+        own: tuple[str, ...] = ()
+        if previous.get("job_sha256") not in (None, self.spec.content_sha256) and resume.images:
+            own += (await asyncio.to_thread(self._stale_notice),)
+        self.summary.total = self._total()
+        self._filter = ResumeFilter(resume.complete,
+                                    on_skip=lambda n: self.emit(VariantSkipped(n)))
+        self._write_run_files("running")
+        self.emit(RunStarted(self.summary.total, len(resume.complete), tuple(self.health),
+                             str(self.options.out_dir), self.options.simulated,
+                             self.spec.retry.patience_s, own))
+
+    def _stale_notice(self) -> str:
+        """The job changed since the last run here: how many images it no longer makes."""
+        out = self.options.out_dir
+        fix = f"'sdbatch prune {out}' moves them aside"
+        if expand.count(self.plan) > STALE_COUNT_LIMIT:
+            return f"the job changed since the last run into {out}; {fix} if it no longer makes some"
+        report = count_stale(out, job_ids(self.plan))
+        if not report.stale_images:
+            return f"the job changed since the last run into {out}; every image there still belongs"
+        return (f"{out} holds {report.stale_images} images of {report.stale_variants} variants "
+                f"the job no longer makes (it changed); {fix}")
 
     def _total(self) -> int:
         total = expand.count(self.plan)

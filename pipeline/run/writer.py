@@ -107,7 +107,13 @@ class Writer:
             await asyncio.to_thread(self.live.maybe_refresh)
 
     async def finish(self) -> list[str]:
-        """Close the files and render the final views; returns the views written."""
+        """Close the files, publish the exporters' last shards, render the final views;
+        returns the views written."""
+        for exporter in self.exporters:
+            try:
+                await asyncio.shield(exporter.close())
+            except OutputError as exc:
+                log.error("%s", exc)
         await asyncio.shield(self.store.close())
         try:
             views = await asyncio.shield(asyncio.to_thread(self.live.final))
