@@ -127,6 +127,10 @@ class ComfyState:
                     self._executions >= self.config.restart_after_prompts:
                 await self._crash(prompt, prompt_id, dict(extra_data))
             result = await self.executor.execute(prompt, prompt_id, dict(extra_data), outputs)
+        except Exception:  # a bug in the simulator: keep serving, record the prompt as failed
+            log.exception("simulated ComfyUI: prompt %s failed inside the simulator", prompt_id)
+            self.executor.success = False
+            result = {"outputs": {}, "meta": {}}
         finally:
             stats.running -= 1
         stats.prompts_executed += 1
