@@ -74,11 +74,12 @@ class Generated:
     variant: Variant
     images: tuple[Image, ...]
     info: dict[str, Any] = field(hash=False, compare=False)
-    backend: str  # URL without credentials
+    backend: str  # the backend's label (its name, else its URL without credentials)
     model: str | None
     attempts: int
     elapsed_s: float
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    backend_url: str = ""  # always the URL, without credentials
 
 
 @dataclass(frozen=True, slots=True)

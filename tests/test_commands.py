@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import shlex
 from pathlib import Path
@@ -98,3 +100,31 @@ def test_version_matches_pyproject() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert pipeline.__version__ == project["version"]
+
+
+def test_reproduce_pins_the_recorded_checkpoint(sim, write_job, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    backend = sim(models=("model-a.safetensors", "model-b.safetensors"))
+    job = write_job(f"""
+backends: [{{url: "{backend.url}"}}]
+defaults: {{width: 64, height: 64}}
+prompts: ["a lamp"]
+seeds: [7]
+""")
+    asyncio.run(_set_model(backend.url, "model-b"))  # the job names no checkpoint: b makes it
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out), "--quiet", "--no-fsync"]) == 0
+    record = read_manifest(out)[0]
+    # the backend now has another model loaded: the reproduction must pin the recorded one
+    asyncio.run(_set_model(backend.url, "model-a"))
+    assert main(["reproduce", str(out / record["file"])]) == 0
+    assert "byte-identical" in capsys.readouterr().out
+
+
+async def _set_model(url: str, name: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/sdapi/v1/options",
+                                json={"sd_model_checkpoint": name}) as resp:
+            assert resp.status == 200

@@ -24,10 +24,14 @@ DEFAULT_PER_IMAGE_S = 2.0
 EXACT_SHARD_LIMIT = 200_000
 
 
-def measured_per_image_s(out_dir: Path) -> float | None:
-    """Median seconds per image of the last few thousand records in an output directory."""
+def measured_per_image_s(out_dir: Path, backends: list[BackendSpec]) -> float | None:
+    """Median seconds per image measured on these backends (by name or URL) in the first few
+    thousand records of an output directory; None when none of them made any there."""
+    mine = {b.label for b in backends} | {b.url for b in backends} or {"simulated"}
     samples: list[float] = []
     for record in itertools.islice(read_records(out_dir / MANIFEST), 5000):
+        if record.get("backend") not in mine and record.get("backend_url") not in mine:
+            continue
         if record.get("kind") == "generation" and record.get("image_index") == 0:
             elapsed, n = record.get("elapsed_s"), record.get("images_expected") or 1
             if isinstance(elapsed, (int, float)) and elapsed > 0:
@@ -55,13 +59,17 @@ def summarize(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int, i
     else:
         images = total * (first[0].images_expected if first else 1)
     checkpoints = [c for c in expand.checkpoints(plan)]
-    source = "given"
+    source = "given with --per-image-s"
     if per_image_s is None and out_dir is not None and (out_dir / MANIFEST).exists():
-        per_image_s = measured_per_image_s(out_dir)
-        source = "measured in " + str(out_dir)
+        per_image_s = measured_per_image_s(out_dir, backends)
+        source = f"measured on these backends in {out_dir}"
+        if per_image_s is None:
+            source = (f"a default: {out_dir} has no timings from these backends, and timings "
+                      "from others would mislead")
     if per_image_s is None:
         per_image_s = DEFAULT_PER_IMAGE_S
-        source = "default"
+        if not source.startswith("a default"):
+            source = "a default guess (nothing measured yet)"
     n_backends = max(1, len(backends))
     axes = {"prompts": expand.prompt_count(plan)}
     axes.update({a.name: len(a) for a in plan.axes})
@@ -81,7 +89,29 @@ def summarize(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int, i
         "estimated_s": images * per_image_s / n_backends,
         "first": [{"id": v.id, "endpoint": v.endpoint, "payload": v.payload} for v in first[:show]],
         "shard": list(shard) if shard else None,
+        "writes": planned_files(spec, plan),
     }
+
+
+def planned_files(spec: JobSpec, plan: Any) -> list[str]:
+    """What the run will write into its output directory, as a user reads it."""
+    files = ["images/", "manifest.jsonl", "run.json", "job.json", "index.html (gallery)"]
+    try:
+        from pipeline.grid import planned_sheets
+
+        sheets = planned_sheets(spec, plan)
+    except ImportError:
+        sheets = []
+    if sheets:
+        files.append(f"grids/ ({len(sheets)} sheets: {', '.join(sheets[:4])}"
+                     f"{', ...' if len(sheets) > 4 else ''})")
+    names = {"imagefolder": "metadata.jsonl (Hugging Face imagefolder)",
+             "captions": "a .txt caption beside each image", "csv": "metadata.csv",
+             "webdataset": "webdataset/ tar shards with a .parquet each",
+             "parquet": "parquet/ shards with the images embedded",
+             "kohya": "kohya .caption files and meta_cap.json"}
+    files += [names.get(str(o), str(o)) for o in spec.outputs]
+    return files
 
 
 def plan_report(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int, int] | None,
@@ -106,6 +136,7 @@ def plan_report(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int,
     print(f"estimate: {format_duration(info['estimated_s'])} at {info['per_image_s']:.2f} s per "
           f"image per backend ({info['per_image_source']}; set --per-image-s), plus checkpoint "
           "loads", file=stream)
+    print("writes: " + ", ".join(info["writes"]), file=stream)
     if shard:
         print(f"shard {shard[0]}/{shard[1]}", file=stream)
     for n, v in enumerate(info["first"], 1):

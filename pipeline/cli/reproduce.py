@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from pipeline.backends.webui.client import BackendClient
+from pipeline.cli.common import redact
 from pipeline.errors import UsageError
 from pipeline.model import Variant
 from pipeline.outputs.convert import read_infotext
@@ -73,6 +74,14 @@ def request_for(record: dict[str, Any]) -> dict[str, Any]:
     params["batch_size"] = 1
     params["n_iter"] = 1
     params.pop("save_images", None)
+    # Pin the checkpoint the image was made with (and every recorded override), so it reproduces
+    # on a backend that has another model loaded, and leaves that backend as it found it.
+    overrides = dict(params.get("override_settings") or {})
+    if not overrides.get("sd_model_checkpoint") and isinstance(record.get("model"), str):
+        overrides["sd_model_checkpoint"] = record["model"]
+    if overrides:
+        params["override_settings"] = overrides
+        params["override_settings_restore_afterwards"] = True
     return params
 
 
@@ -109,7 +118,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     same_bytes = hashlib.sha256(data).hexdigest() == hashlib.sha256(original).hexdigest()
     old_info, new_info = read_infotext(original), read_infotext(data)
     same_info = old_info is not None and old_info == new_info
-    where = backends[0] if backends else "the built-in simulator"
+    where = redact(backends[0]) if backends else "the built-in simulator"
     print(f"regenerated {record['file']} (seed {record['seed']}) on {where}")
     if same_bytes:
         print("match: byte-identical")

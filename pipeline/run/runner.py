@@ -251,7 +251,8 @@ class Run:
         workers = [Worker(spec.label, self.clients[spec.label], self.health[spec.label],
                           self.dispatcher, self.policy, self.writer.channel, self.emit,
                           on_ok=self._on_ok,
-                          match_checkpoint=lambda loaded: match_checkpoint(loaded, checkpoints))
+                          match_checkpoint=lambda loaded: match_checkpoint(loaded, checkpoints),
+                          url=spec.url)
                    for spec in self.options.backends for _ in range(spec.concurrency)]
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(self.writer.drain(), name="writer")

@@ -48,6 +48,7 @@ class Worker:
     emit: Callable[[Event], None]
     on_ok: Callable[[float], None] = lambda now: None  # the run's patience clock
     match_checkpoint: Callable[[str | None], str | None] = lambda loaded: None
+    url: str = ""  # the backend's URL without credentials, for the records
 
     async def run(self) -> None:
         while True:
@@ -76,7 +77,7 @@ class Worker:
             result = Generated(
                 variant=variant, images=reply.images, info=reply.info, backend=self.label,
                 model=reply.model, attempts=attempts.count if attempts else 1,
-                elapsed_s=reply.elapsed_s, params=reply.params)
+                elapsed_s=reply.elapsed_s, params=reply.params, backend_url=self.url)
             await self.outbox.send(result)
             switched = await self.dispatcher.finished(self.label, variant)
             before_s = self.health.load_s
