@@ -56,6 +56,9 @@ async def run_job(state: SimState, plan: GenerationPlan, parameters: dict[str, A
         if checkpoint is None:
             log.info("unknown checkpoint %r in override_settings: ignored",
                      plan.checkpoint_asked)
+            echoed = parameters.get("override_settings")
+            if realistic and isinstance(echoed, dict):  # A1111 pops it from the very dict
+                echoed.pop("sd_model_checkpoint", None)  # the API echoes
         else:
             state.set_checkpoint_option(checkpoint, plan.checkpoint_asked)
     stored = state.options.override(_settable(plan.overrides, state)) if realistic else {}
@@ -176,7 +179,7 @@ async def _generate(state: SimState, job: Job, plan: GenerationPlan, config: Sim
         if not finished:
             if state.stopping.is_set():
                 break
-            if not realistic:  # classic: the image being made is dropped
+            if not config.server.half_done_images:  # classic: the image being made is dropped
                 if job.interrupted:
                     break
                 job.skipped = False  # /skip drops the image being made and goes on

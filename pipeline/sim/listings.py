@@ -44,8 +44,8 @@ def loras(config: SimConfig) -> list[dict[str, Any]]:
         if not config.server.realistic:
             return {}
         return {"ss_network_dim": "4", "ss_network_alpha": "4.0",
-                "ss_base_model_version": "sd_v1", "ss_output_name": name,
-                "ss_network_module": "networks.lora"}
+                "ss_base_model_version": "sd_v1", "ss_v2": "False", "ss_output_name": name,
+                "ss_network_module": "networks.lora", "ss_training_comment": "simulated"}
 
     return [{"name": name, "alias": name, "path": f"{MODELS_DIR}/Lora/{name}.safetensors",
              "metadata": metadata(name)} for name in config.loras]

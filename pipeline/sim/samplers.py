@@ -73,8 +73,11 @@ def resolve_sampler(req: GenerationRequest, config: SimConfig) -> tuple[str, str
             if name.endswith(" " + option):
                 found, name = label, name[: -len(option) - 1]
                 break
+    alias_of = {alias.lower(): s for s in config.samplers for alias in aliases_of(s)}
     if name in config.samplers:
         sampler = name
+    elif config.server.sampler_aliases and name.lower() in alias_of:
+        sampler = alias_of[name.lower()]
     elif config.sampler_strict:
         raise RequestInvalid(404, http_error_for(config, 404, "Sampler not found"))
     else:

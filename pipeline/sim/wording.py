@@ -45,7 +45,7 @@ def infotext(plan: GenerationPlan, config: SimConfig, index: int, *,
     """The "PNG Info" text of generation ``index`` (or of the grid, ``use_main_prompt``)."""
     model = plan.model
     realistic = config.server.realistic
-    number = _as_printed if realistic else _number
+    number = _as_printed if config.server.float_infotext else _number
     params: dict[str, Any] = {
         "Steps": plan.steps,
         "Sampler": plan.sampler,
