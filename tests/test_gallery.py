@@ -264,6 +264,9 @@ async def test_gallery_in_a_headless_browser(tmp_path: Path) -> None:
     page = write_gallery(tmp_path)
     async with asyncio.timeout(BROWSER_TIMEOUT_S), browser(executable) as tools:
         await open_page(tools, page)
+        # the page opens on the grid explorer; the list of every image is the other tab
+        assert await tools.js("document.getElementById('images').hidden") is True
+        await tools.js("document.getElementById('tab-images').click()")
         await tools.until("document.querySelectorAll('#thumbs a.thumb').length > 0")
         assert await tools.js("document.querySelectorAll('#thumbs a.thumb').length") == 8
         assert await tools.js("document.getElementById('status').textContent") \
@@ -307,3 +310,79 @@ async def test_gallery_in_a_headless_browser(tmp_path: Path) -> None:
             shot = await tools.call("Page.captureScreenshot", format="png")
             Path(shots).mkdir(parents=True, exist_ok=True)
             (Path(shots) / "gallery.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def _pick(select_css: str, text: str) -> str:
+    """JS that sets a <select> to the option with ``text`` and fires its change event."""
+    return f"""(() => {{
+        const s = document.querySelector({json.dumps(select_css)});
+        s.value = [...s.options].find(o => o.textContent === {json.dumps(text)}).value;
+        s.dispatchEvent(new Event('change', {{bubbles: true}}));
+        return document.getElementById('explorer-status').textContent;
+    }})()"""
+
+
+@pytest.mark.browser
+async def test_grid_explorer_in_a_headless_browser(tmp_path: Path) -> None:
+    """Pick X and Y in the page, hold the other axes, compare cells side by side: from
+    file://, with no server and no network, and a reload keeps the view."""
+    executable = chromium_or_skip()
+    job = LORA_JOB.replace("seeds: [1, 2]", "seeds: [1, 2]\nmatrix: {cfg_scale: [5, 7]}")
+    make_run(tmp_path, job, fail={4}, skip={9})
+    render_grids(tmp_path)
+    page = write_gallery(tmp_path)
+    cells = "document.querySelectorAll('#xgrid td.cell')"
+    async with asyncio.timeout(BROWSER_TIMEOUT_S), browser(executable) as tools:
+        await open_page(tools, page)
+        # the job's view to start with: LoRA across, seed down, CFG held at its first value
+        assert await tools.js("document.getElementById('explorer').hidden") is False
+        heads = await tools.js("[...document.querySelectorAll('#xgrid thead th')]"
+                               ".map(t => t.textContent)")
+        assert heads[1:] == ["baseline (no LoRA)", "detail @ 0.5", "detail @ 1.0", "grain @ 0.5",
+                             "grain @ 1.0"]
+        assert await tools.js(f"{cells}.length") == 10
+        assert await tools.js("document.querySelectorAll('#xgrid td.failed').length") == 1
+        assert await tools.js("document.querySelectorAll('#xgrid td.pending').length") == 1
+        assert await tools.js("document.querySelector('#xgrid td.pending').textContent") \
+            == "not generated yet"  # run.json says the run is going
+        assert "holding CFG 5" in await tools.js(
+            "document.getElementById('explorer-status').textContent")
+        await tools.until(f"[...{cells}].filter(c => c.querySelector('img'))"
+                          ".every(c => c.querySelector('img').naturalWidth > 0)")
+        # CFG across, then seed: a composite column axis; LoRA held at one value
+        await tools.js(_pick("#gx", "CFG scale"))
+        await tools.js(_pick("#gx2", "seed"))
+        await tools.js(_pick("#gy", "—"))
+        status = await tools.js(_pick('select[data-hold="lora"]', "detail @ 1.0"))
+        assert status.startswith("1 × 4 cells: 3 with an image, 1 empty")
+        heads = await tools.js("[...document.querySelectorAll('#xgrid thead th')]"
+                               ".map(t => t.textContent)")
+        assert heads[1:] == ["CFG 5", "CFG 7", "seed 1", "seed 2", "seed 1", "seed 2"]
+        # a reload (the run rewrites the page) keeps the view
+        tools.loaded.clear()
+        await tools.js("location.reload()")
+        await asyncio.wait_for(tools.loaded.wait(), 20)
+        assert (await tools.js("document.getElementById('explorer-status').textContent")) \
+            == status
+        # pin two cells and compare them side by side
+        await tools.js("document.querySelectorAll('#xgrid td.ok .pin')[0].click()")
+        await tools.js("document.querySelectorAll('#xgrid td.ok .pin')[2].click()")
+        await tools.js("document.getElementById('compare-open').click()")
+        assert await tools.js("document.getElementById('compare').hidden") is False
+        captions = await tools.js("[...document.querySelectorAll('#compare figcaption')]"
+                                  ".map(f => f.textContent)")
+        assert captions == ["CFG 5 · seed 1", "CFG 7 · seed 2"]
+        await tools.until("[...document.querySelectorAll('#compare img')]"
+                          ".every(i => i.naturalWidth > 0)")
+        # a cell opens the viewer, whose arrows walk the grid
+        await tools.js("document.getElementById('compare-close').click()")
+        await tools.js("document.querySelector('#xgrid td.ok img').click()")
+        assert await tools.js("document.getElementById('viewer').hidden") is False
+        await asyncio.sleep(0.2)
+        assert tools.errors() == []
+        shots = os.environ.get("SDBATCH_SCREENSHOTS")
+        if shots:
+            import base64
+
+            shot = await tools.call("Page.captureScreenshot", format="png")
+            (Path(shots) / "gallery-grid.png").write_bytes(base64.b64decode(shot["data"]))
