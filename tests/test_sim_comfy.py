@@ -340,6 +340,7 @@ async def test_one_prompt_at_a_time_in_number_order(start: Start, http) -> None:
     ends = [h["status"]["messages"][-1][1]["timestamp"] for h in history.values()]
     assert all(s >= e for s, e in zip(starts[1:], ends[:-1], strict=True))
     assert sim.stats.max_running == 1
+    assert sim.stats.max_queue_remaining == 4
     assert sim.stats.prompts_executed == 4
 
 
@@ -468,6 +469,11 @@ async def test_the_same_graph_again_comes_from_the_cache(start: Start, http) -> 
         messages = await until_done(ws)
     assert [m["type"] for m in messages] == [
         t for t in WS["cache"]["types"]["second_identical"] if t not in ("close", None)]
+    recorded_id = WS["cache"]["second_identical_messages"][-1]["data"]["prompt_id"]
+    for got, want in zip(messages, WS["cache"]["second_identical_messages"], strict=True):
+        if "timestamp" not in got["data"] and got["type"] != "status":
+            assert json.dumps(got["data"]).replace(answer["prompt_id"], "P") == \
+                json.dumps(want["data"]).replace(recorded_id, "P"), got
     second = await finished(http, sim, answer["prompt_id"])
     cached = second["status"]["messages"][1]
     assert cached[0] == "execution_cached" and cached[1]["nodes"] == list(GRAPH)
@@ -521,35 +527,61 @@ async def test_execution_error_has_the_recorded_shape(start: Start, http) -> Non
     assert entry["outputs"] == {} and entry["meta"] == {}
 
 
+def collapse(types: list[str]) -> list[str]:
+    """Message types with runs of (progress_state, progress) steps counted once (timing)."""
+    out: list[str] = []
+    for kind in types:
+        out.append(kind)
+        if out[-4:] == ["progress_state", "progress"] * 2:
+            del out[-2:]
+    return out
+
+
 async def test_interrupt_targets_the_running_prompt_and_saves_nothing(start: Start,
                                                                       http) -> None:
+    """The recorded probe: C runs, D waits; D is deleted from the queue, an interrupt naming
+    another prompt changes nothing, one naming C ends it at the next step."""
     sim = await start(step_latency_s=0.02)
+    await finished(http, sim, (await submit(http, sim, graph(59, "probe/warm")))["prompt_id"])
+    types: list[str] = []
+
+    async def until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> None:
+        while True:
+            message = await ws.receive_json(timeout=5)
+            types.append(message["type"])
+            if message["type"] == kind and (kind != "executing" or
+                                            message["data"]["node"] is None):
+                return
+
     async with http.ws_connect(f"{sim.url}/ws?clientId=int") as ws:
-        c = await submit(http, sim, graph(60, "probe/interrupt-c", **{"3.steps": 20}),
+        c = await submit(http, sim, graph(60, "probe/interrupt-c", **{"3.steps": 50}),
                          client_id="int")
         d = await submit(http, sim, graph(61, "probe/interrupt-d"), client_id="int")
-        while (await ws.receive_json(timeout=5))["type"] != "progress":
-            pass
+        await until(ws, "progress")
+        await until(ws, "progress")
         await call(http, "POST", f"{sim.url}/queue", json={"delete": [d["prompt_id"]]})
         await call(http, "POST", f"{sim.url}/interrupt", json={"prompt_id": "not-running"})
-        await asyncio.sleep(0.1)
+        await until(ws, "progress")
         queue = await call(http, "GET", f"{sim.url}/queue")
         assert [i[1] for i in queue["queue_running"]] == [c["prompt_id"]], "wrong id: goes on"
         assert queue["queue_pending"] == []
         await call(http, "POST", f"{sim.url}/interrupt", json={"prompt_id": c["prompt_id"]})
-        rest = await until_done(ws)
+        await until(ws, "executing")
+    assert collapse(types) == collapse([t for t in WS["interrupt"]["client_types"]
+                                        if t != "close"])
     entry = await finished(http, sim, c["prompt_id"])
     want = next(iter(WS["interrupt"]["C_history_status"].values()))
     assert [m[0] for m in entry["status"]["messages"]] == \
         [m[0] for m in want["status"]["messages"]]
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
-    assert entry["outputs"] == {}
+    assert entry["outputs"] == {} == want["outputs"]
     interrupted = entry["status"]["messages"][-1][1]
     assert interrupted.keys() == want["status"]["messages"][-1][1].keys()
-    assert (interrupted["node_id"], interrupted["node_type"]) == ("3", "KSampler")
-    assert [m["type"] for m in rest][-3:] == ["execution_interrupted", "status", "executing"]
+    assert (interrupted["node_id"], interrupted["node_type"], interrupted["executed"]) == \
+        ("3", "KSampler", [])
     assert await call(http, "GET", f"{sim.url}/history/{d['prompt_id']}") == {}
-    assert not os.path.exists(os.path.join(sim.output_dir, "probe")), "nothing saved"
+    assert not any(n.startswith("interrupt") for n in
+                   os.listdir(os.path.join(sim.output_dir, "probe"))), "nothing saved"
     await call(http, "POST", f"{sim.url}/interrupt")  # idle, no body: harmless
     await call(http, "POST", f"{sim.url}/interrupt", json={})
     after = await finished(http, sim, (await submit(http, sim, graph(62)))["prompt_id"])
@@ -568,6 +600,17 @@ async def test_injected_execution_errors_and_http_500s(start: Start, http) -> No
         assert resp.status == 500 and resp.content_type == "text/plain"
     assert await call(http, "GET", f"{sim.url}/queue") == {"queue_running": [],
                                                             "queue_pending": []}
+
+
+async def test_knobs_can_change_while_running(start: Start, http) -> None:
+    sim = await start()
+    assert (await finished(http, sim, (await submit(http, sim, graph(1)))["prompt_id"]))[
+        "status"]["status_str"] == "success"
+    sim.config = replace(sim.config, error_rate=1.0, version="0.4.0")
+    assert (await finished(http, sim, (await submit(http, sim, graph(2)))["prompt_id"]))[
+        "status"]["status_str"] == "error"
+    stats = await call(http, "GET", f"{sim.url}/system_stats")
+    assert stats["system"]["comfyui_version"] == "0.4.0"
 
 
 async def test_injected_oversize_latent_is_an_out_of_memory_error(start: Start, http) -> None:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -40,7 +41,7 @@ class ComfySimServer:
     """A running simulated ComfyUI server. ``url`` stays the same across restarts."""
 
     def __init__(self, config: ComfySimConfig, host: str) -> None:
-        self.config = config
+        self._config = config
         self.host = host
         self.port = 0
         self.stats = ComfySimStats()
@@ -49,11 +50,24 @@ class ComfySimServer:
         root = tempfile.mkdtemp(prefix="comfy-sim-") if self._own_dir else config.output_dir
         assert root is not None
         self.folders = Folders(root)
+        if self._own_dir:  # removed at close(), or at exit if close() is never called
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folders.root, True)
         self.active: dict[int, web.BaseRequest] = {}  # requests being answered, by id
         self._state: ComfyState | None = None
         self._runner: web.AppRunner | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._closed = False
+
+    @property
+    def config(self) -> ComfySimConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: ComfySimConfig) -> None:
+        """Change knobs while running (fault rates, latencies, names); a restart keeps them."""
+        self._config = config
+        if self._state is not None:
+            self._state.replace_config(config)
 
     @property
     def url(self) -> str:
@@ -124,7 +138,7 @@ class ComfySimServer:
                 await self._restarting
         await self._unbind()
         if self._own_dir:
-            shutil.rmtree(self.folders.root, ignore_errors=True)
+            self._cleanup()
 
     async def __aenter__(self) -> ComfySimServer:
         return self

@@ -37,8 +37,9 @@ class ComfySimStats:
 
     ``prompts_posted`` counts every ``POST /prompt`` that reached the handler;
     ``running``/``max_running`` are prompts executing at once (measured, so a test can see
-    that it never exceeds 1); ``cache_hits`` are prompts whose every node came from the
-    cache; ``posts_per_id`` and ``runs_per_id`` count accepted POSTs and executions per
+    that it never exceeds 1); ``max_queue_remaining`` the most prompts queued or running at
+    once (what a per-host limit of queued prompts bounds); ``cache_hits`` are prompts whose
+    every node came from the cache; ``posts_per_id`` and ``runs_per_id`` count accepted POSTs and executions per
     prompt id (how a test sees that nothing was requested twice).
     """
 
@@ -48,6 +49,7 @@ class ComfySimStats:
     prompts_executed: int = 0
     running: int = 0
     max_running: int = 0
+    max_queue_remaining: int = 0
     cache_hits: int = 0
     checkpoint_loads: int = 0
     images_saved: int = 0
@@ -86,11 +88,17 @@ class ComfyState:
         self.hub = Hub()
         self.queue = PromptQueue(self.queue_updated)
         self.executor = Executor(config, self.classes, self.hub, folders,
-                                 lambda: dice.on_run(config), stats.count)
+                                 lambda: dice.on_run(self.config), stats.count)
         self.started_s = time.time()
         self._on_crash = on_crash
         self._executions = 0
         self._worker: asyncio.Task[None] | None = None
+
+    def replace_config(self, config: ComfySimConfig) -> None:
+        """New settings from now on (the prompt running keeps the knobs it read)."""
+        self.config = config
+        self.classes = self.executor.classes = node_classes(config)
+        self.executor.config = config
 
     def start(self) -> None:
         self.hub.start()
@@ -107,7 +115,9 @@ class ComfyState:
         return {"exec_info": {"queue_remaining": self.queue.remaining()}}
 
     def queue_updated(self) -> None:
-        self.hub.send("status", {"status": self.queue_info()}, None)
+        remaining = self.queue.remaining()
+        self.stats.max_queue_remaining = max(self.stats.max_queue_remaining, remaining)
+        self.hub.send("status", {"status": {"exec_info": {"queue_remaining": remaining}}}, None)
 
     async def _work(self) -> None:
         while True:
