@@ -6,7 +6,13 @@ seed resolution, silent substitutions (sampler, checkpoint, LoRA, Dynamic Prompt
 extra images, checkpoint switching costs, HTTP Basic auth, and injected faults (500s, OOM,
 resets, hangs, truncated bodies, interrupted jobs). See ``server.py`` for the routes.
 
+``SimConfig.profile`` picks the server kind: ``classic`` (the default, idealised), or
+``a1111``, ``forge``, ``sdnext`` as those servers really behave (``profiles.py``); the
+``forge`` profile is checked against a recording of a real Forge by
+``tests/test_sim_conformance.py``.
+
     sim = await start_sim(SimConfig(latency_s=0.05, error_rate=0.1))
+    forge = await start_sim(SimConfig(profile="forge", switch_cost_s=3.5, hash_cost_s=2))
     ...  # point a client at sim.url
     await sim.close()
 """

@@ -10,7 +10,6 @@ Regenerate from a new recording rather than editing by hand.
 # ruff: noqa: E501
 from typing import Any
 
-VERSION = "f2.0.1v1.10.1-previous-669-gdfdcbab6"
 
 OPTIONS: dict[str, Any] = {'samples_save': True,
  'samples_format': 'png',

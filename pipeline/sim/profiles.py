@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.sim import forge_data
+FORGE_VERSION = "f2.0.1v1.10.1-previous-669-gdfdcbab6"  # as recorded (real-forge/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,7 @@ PROFILES: dict[str, ServerProfile] = {
         http_detail_only=False),
     "a1111": ServerProfile(name="a1111", kind="a1111", version="v1.10.1", **_REALISTIC),
     "forge": ServerProfile(**{
-        **_REALISTIC, "name": "forge", "kind": "forge", "version": forge_data.VERSION,
+        **_REALISTIC, "name": "forge", "kind": "forge", "version": FORGE_VERSION,
         "pydantic_v2": True, "loads_at_start": False, "option_echoes_request": True,
         "load_on_options_post": False, "vae_route": "sd-modules", "sd_vae_override": False,
         "cmd_flags_status": 500, "http_detail_only": True}),
