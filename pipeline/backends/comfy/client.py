@@ -133,7 +133,7 @@ class ComfyClient:
         if spec.auth:
             token = base64.b64encode(spec.auth.get_secret_value().encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
-        self._ssl: bool | None = None if spec.verify_tls else False
+        self._ssl = bool(spec.verify_tls)
         self._catalog = self.setup.catalog
         self._catalog_lock = asyncio.Lock()
         self._attempts: dict[str, int] = {}  # variants not yet done on this client
@@ -396,8 +396,17 @@ class ComfyClient:
         return images, refs
 
     async def _view(self, ref: dict[str, str], cap_bytes: int) -> bytes:
-        _, body = await self._request("GET", "/view", params=ref, timeout_s=LIST_TIMEOUT_S * 4,
-                                      cap_bytes=cap_bytes)
+        try:
+            _, body = await self._request("GET", "/view", params=ref,
+                                          timeout_s=LIST_TIMEOUT_S * 4, cap_bytes=cap_bytes)
+        except HTTPStatusError as exc:
+            if exc.status != 404:
+                raise
+            # A cached result points at an earlier run's file, which may have been deleted; the
+            # next attempt gets another filename_prefix, so its SaveImage writes it again.
+            raise BadResponseError(f"{self.label}: /view has no {ref['subfolder']}/"
+                                   f"{ref['filename']} (deleted since an earlier run?); it will "
+                                   "be rendered again", backend=self.label) from None
         return body
 
     async def _cancel(self, prompt_id: str) -> None:

@@ -12,7 +12,9 @@ workflow uses that the server lacks (custom nodes not installed) make the backen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 
@@ -21,7 +23,15 @@ from pipeline.backends.comfy.names import Catalog, spellings
 from pipeline.backends.comfy.workflow import Template
 from pipeline.backends.preflight import KINDS, BackendInfo
 from pipeline.errors import BackendError, HTTPStatusError
-from pipeline.job.schema import BackendSpec
+from pipeline.job.schema import BackendSpec, JobSpec
+
+
+_INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(BackendInfo))
+
+
+def _info(label: str, **values: Any) -> BackendInfo:
+    """A ``BackendInfo`` with the fields this version of it has (it is growing)."""
+    return BackendInfo(label, **{k: v for k, v in values.items() if k in _INFO_FIELDS})
 
 
 def missing_classes(catalog: Catalog, template: Template) -> list[str]:
@@ -46,11 +56,12 @@ def backend_info(label: str, catalog: Catalog, template: Template | None = None)
     server = f"ComfyUI {catalog.version}" if catalog.version else "ComfyUI"
     lacking = missing_classes(catalog, template) if template is not None else []
     if lacking:
-        return BackendInfo(label, reachable=False, server=server, names=names, shown=shown,
-                           error=f"{label}: the workflow uses node classes this ComfyUI server "
+        return _info(label, reachable=False, server=server, kind="comfyui",
+                           version=catalog.version, names=names, shown=shown, error=f"{label}: the workflow uses node classes this ComfyUI server "
                                  f"does not have: {', '.join(lacking)} (install the custom "
                                  "nodes, or use another workflow)")
-    return BackendInfo(label, reachable=True, server=server, names=names, shown=shown)
+    return _info(label, reachable=True, server=server, kind="comfyui",
+                       version=catalog.version, names=names, shown=shown)
 
 
 async def inspect_backend(client: ComfyClient) -> BackendInfo:
@@ -59,15 +70,17 @@ async def inspect_backend(client: ComfyClient) -> BackendInfo:
     try:
         catalog = await client.catalog(refresh=True)
     except HTTPStatusError as exc:
-        return BackendInfo(label, reachable=exc.status != 401, error=str(exc),
-                           auth_rejected=exc.status == 401)
+        return _info(label, reachable=exc.status != 401, error=str(exc),
+                           auth_rejected=exc.status == 401, kind="comfyui")
     except BackendError as exc:
-        return BackendInfo(label, reachable=False, error=str(exc))
+        return _info(label, reachable=False, error=str(exc), kind="comfyui")
     return backend_info(label, catalog, client.template)
 
 
-async def inspect_all(session: aiohttp.ClientSession, backends: Iterable[BackendSpec],
+async def inspect_all(session: aiohttp.ClientSession, backends: Iterable[BackendSpec], *,
+                      job: JobSpec | None = None,
                       setups: dict[str, ComfySetup] | None = None) -> list[BackendInfo]:
-    """``BackendInfo`` for each ComfyUI backend, concurrently (``setups`` by backend label)."""
-    clients = [ComfyClient(session, b, (setups or {}).get(b.label)) for b in backends]
+    """``BackendInfo`` for each ComfyUI backend, concurrently (``setups`` by backend label);
+    ``job`` locates a relative workflow path (and is checked against the workflow)."""
+    clients = [ComfyClient(session, b, (setups or {}).get(b.label), job=job) for b in backends]
     return list(await asyncio.gather(*(inspect_backend(c) for c in clients)))

@@ -43,7 +43,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.backends.webui.response import split_legacy_sampler
 from pipeline.errors import HTTPStatusError
 
 SAMPLERS: dict[str, str] = {
@@ -79,6 +78,19 @@ for _a1111, _comfy in SAMPLERS.items():
         A1111_SAMPLER.setdefault(_comfy, _a1111)
 A1111_SCHEDULER: dict[str, str] = {v: k for k, v in SCHEDULERS.items() if k not in
                                    ("Automatic", "Uniform")}
+
+# A1111 < 1.9 named sampler + schedule in one: "DPM++ 2M Karras" (longest suffixes first)
+_LEGACY_SUFFIXES = ("SGM Uniform", "KL Optimal", "Exponential", "Karras", "Simple", "Normal",
+                    "Beta", "DDIM", "Uniform")
+
+
+def split_legacy_sampler(name: str) -> tuple[str, str] | None:
+    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``; None without such a suffix."""
+    for suffix in _LEGACY_SUFFIXES:
+        if name.lower().endswith(" " + suffix.lower()) and len(name) > len(suffix) + 1:
+            return name[: -len(suffix) - 1], suffix
+    return None
+
 
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
 _MODEL_EXT = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)

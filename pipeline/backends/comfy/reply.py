@@ -53,10 +53,6 @@ def infotext(prompt: str, negative: str, values: dict[str, Any], *, seed: int | 
     pairs.append(("Model", model_label(values)))
     if batch_size > 1:
         pairs += [("Batch size", batch_size), ("Batch pos", batch_pos)]
-    loras = values.get("loras") or []
-    if loras:
-        pairs.append(("Lora weights", ", ".join(
-            f"{stem(l['name'])}: {l['strength_model']:g}" for l in loras)))
     pairs.append(("Version", f"ComfyUI {version}" if version else "ComfyUI"))
     lines = [prompt]
     if negative:
