@@ -715,7 +715,35 @@ async def test_sim_routes_report_stats_and_restart(start: Start, http) -> None:
     assert await call(http, "GET", f"{sim.url}/history") == {}
 
 
-async def test_feature_flags_and_reconnect(start: Start, http) -> None:
+async def test_sim_config_route_changes_knobs(start: Start, http) -> None:
+    sim = await start()
+    changed = await call(http, "POST", f"{sim.url}/sim/config",
+                         json={"error_rate": 1, "loras": "a.safetensors,b.safetensors"})
+    assert changed["error_rate"] == 1.0 and changed["loras"] == ["a.safetensors",
+                                                                "b.safetensors"]
+    assert await call(http, "GET", f"{sim.url}/models/loras") == changed["loras"]
+    entry = await finished(http, sim, (await submit(http, sim, graph(1)))["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    for bad in ({"nope": 1}, {"error_rate": "high"}, {"error_rate": 0.7, "hang_rate": 0.7}):
+        await call(http, "POST", f"{sim.url}/sim/config", json=bad, status=400)
+    assert (await call(http, "GET", f"{sim.url}/sim/config"))["error_rate"] == 1.0
+
+
+async def test_a_client_reconnecting_mid_run_hears_the_current_node(start: Start,
+                                                                     http) -> None:
+    sim = await start(step_latency_s=0.05)
+    async with http.ws_connect(f"{sim.url}/ws?clientId=again") as ws:
+        answer = await submit(http, sim, graph(1, **{"3.steps": 20}), client_id="again")
+        while (await ws.receive_json(timeout=5))["type"] != "progress":
+            pass
+    async with http.ws_connect(f"{sim.url}/ws?clientId=again") as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "status"
+        assert await ws.receive_json(timeout=5) == {"type": "executing", "data": {"node": "3"}}
+        rest = await until_done(ws)
+    assert rest[-1]["data"] == {"node": None, "prompt_id": answer["prompt_id"]}
+
+
+async def test_feature_flags_and_a_generated_sid(start: Start, http) -> None:
     sim = await start()
     async with http.ws_connect(f"{sim.url}/ws") as ws:
         hello = await ws.receive_json(timeout=5)

@@ -12,8 +12,13 @@ and history, and injected faults.
 
     sim = await start_comfy_sim(ComfySimConfig(step_latency_s=0.01))
     ...  # point a client at sim.url (also ws://.../ws?clientId=...)
+    sim.stats.max_running, sim.stats.posts_per_id   # what the server saw
+    sim.config = replace(sim.config, error_rate=0.5)  # knobs change while it runs
     await sim.restart()   # queue and history gone, same port
     await sim.close()
+
+Over HTTP (for a server in another thread or process): ``GET /sim/stats``,
+``GET``/``POST /sim/config``, ``POST /sim/restart``.
 
 Modules: ``config`` (settings), ``nodes`` (node classes, /object_info), ``validate``,
 ``graph`` (cache signatures, execution order), ``nodefuncs`` (what nodes do), ``images``

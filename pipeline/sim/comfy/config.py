@@ -8,7 +8,9 @@ models. ComfyUI lists LoRAs as files, so they carry ``.safetensors`` here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 SAMPLERS = (
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
@@ -93,3 +95,43 @@ class ComfySimConfig:
             raise ValueError("restart_after_prompts must not be negative (0: never)")
         if self.image_size_cap < 16:
             raise ValueError("image_size_cap must be at least 16")
+
+
+def config_to_dict(config: ComfySimConfig) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
+            for f in dataclasses.fields(config)}
+
+
+def apply_changes(config: ComfySimConfig, changes: dict[str, Any]) -> ComfySimConfig:
+    """A new config with ``changes`` (``POST /sim/config``); ``ValueError`` naming a bad field.
+
+    Lists or comma-separated strings are accepted for the name tuples, ints for floats.
+    """
+    fields = {f.name: f for f in dataclasses.fields(ComfySimConfig)}
+    coerced: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in fields:
+            raise ValueError(f"unknown field {key!r}; known: {', '.join(sorted(fields))}")
+        default = getattr(ComfySimConfig(), key)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{key} must be a list of strings")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{key} must be a number")
+            value = float(value)
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key} must be an integer")
+        elif key == "output_dir":
+            raise ValueError("output_dir cannot change while the server runs")
+        elif not isinstance(value, str):
+            raise ValueError(f"{key} must be a string")
+        coerced[key] = value
+    return dataclasses.replace(config, **coerced)

@@ -12,8 +12,8 @@
 
 Handlers answer as ComfyUI's ``server.py`` does, including its rough edges: a body that is not
 JSON is aiohttp's plain-text 500, empty 200s for the POSTs that change state, empty 400/403/404
-from ``/view``. The simulator adds ``GET /sim/stats`` and ``POST /sim/restart`` (not under
-``/api``).
+from ``/view``. The simulator adds ``GET /sim/stats``, ``POST /sim/restart`` and
+``GET``/``POST /sim/config`` (change knobs at run time), none of them under ``/api``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from pipeline.sim.comfy import jobs
+from pipeline.sim.comfy.config import apply_changes, config_to_dict
 from pipeline.sim.comfy.images import reencode
 from pipeline.sim.comfy.nodes import object_info
 from pipeline.sim.comfy.state import SIM
@@ -306,6 +307,24 @@ async def sim_stats(request: web.Request) -> web.Response:
                   "history": len(state.queue.history), "number": state.number})
 
 
+async def sim_get_config(request: web.Request) -> web.Response:
+    return _json(config_to_dict(_sim(request).config))
+
+
+async def sim_set_config(request: web.Request) -> web.Response:
+    """``POST /sim/config {"error_rate": 0.5, ...}``: the new config, or 400 naming the field."""
+    sim = _sim(request)
+    try:
+        changes = json.loads(await request.read() or b"{}")
+        if not isinstance(changes, dict):
+            raise ValueError("the body must be a JSON object of fields to change")
+        sim.config = apply_changes(sim.config, changes)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        return _json({"detail": str(exc)}, 400)
+    log.info("config changed: %s", ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+    return _json(config_to_dict(sim.config))
+
+
 async def sim_restart(request: web.Request) -> web.Response:
     """Restart after answering (``{"downtime_s": 1.5}`` optional)."""
     sim = _sim(request)
@@ -364,4 +383,6 @@ def build_app(sim: ComfySimServer) -> web.Application:
     app.router.add_get("/", get_root)
     app.router.add_get("/sim/stats", sim_stats)
     app.router.add_post("/sim/restart", sim_restart)
+    app.router.add_get("/sim/config", sim_get_config)
+    app.router.add_post("/sim/config", sim_set_config)
     return app

@@ -56,6 +56,7 @@ class ComfySimServer:
         self._state: ComfyState | None = None
         self._runner: web.AppRunner | None = None
         self._restarting: asyncio.Task[None] | None = None
+        self._restart_lock = asyncio.Lock()
         self._closed = False
 
     @property
@@ -111,17 +112,18 @@ class ComfySimServer:
 
     async def restart(self, downtime_s: float | None = None) -> None:
         """Crash and come back on the same port, with nothing in memory (see the module)."""
-        if self._closed:
-            return
-        self.stats.restarts += 1
-        log.warning("simulated ComfyUI server at %s restarts", self.url)
-        await self._unbind()
-        self._state = None
-        wait = self.config.restart_downtime_s if downtime_s is None else downtime_s
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if not self._closed:
-            await self._bind(self.port)
+        async with self._restart_lock:
+            if self._closed:
+                return
+            self.stats.restarts += 1
+            log.warning("simulated ComfyUI server at %s restarts", self.url)
+            await self._unbind()
+            self._state = None
+            wait = self.config.restart_downtime_s if downtime_s is None else downtime_s
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not self._closed:
+                await self._bind(self.port)
 
     def restart_soon(self, downtime_s: float | None = None) -> None:
         """Start a restart from inside the server (a crash knob, ``POST /sim/restart``)."""
