@@ -503,3 +503,206 @@ def test_sheet_count_matches_pages_times_parts(tmp_path: Path) -> None:
     make_run(tmp_path, LORA_JOB.replace("seeds: [1, 2]", "seeds: [1, 2]\nmatrix: {steps: [4, 8]}"))
     paths = render_grids(tmp_path)
     assert len(paths) == 2 and all("steps" in p.name for p in paths)
+
+
+# --- cells from the plan, views, the default grid, holds, suggestions ----------------------------
+
+SWEEP_JOB = """
+name: sweep
+defaults: {steps: 25, width: 48, height: 60}
+prompts: ["a {lighthouse|windmill} on a cliff, {oil painting|watercolor}"]
+replace: [[cliff, frozen lake]]
+matrix:
+  checkpoint: [v1-5, dreamshaper_8]
+  sampler_name: ["DPM++ 2M", "Euler a"]
+  cfg_scale: [5, 7]
+zip: [{width: [48, 60], height: [60, 48]}]
+seeds: [101, 202]
+"""
+
+EXPANSION_JOBS = [
+    LORA_JOB, SWEEP_JOB,
+    "prompts: ['a {cat|dog}', {prompt: 'a bird', seed: 9}]\nseeds: {count: 3}\nseed: 5\n",
+    "prompts: ['a {cat|dog}']\nseeds: 3\nmatrix: {steps: [10, 20]}\n",
+    "mode: random\nrandom: {count: 4}\nprompts: ['a {cat|dog|cow}']\nseeds: [1]\n",
+]
+
+
+@pytest.mark.parametrize("job", EXPANSION_JOBS)
+def test_expected_cells_are_the_variants_axes_without_expanding(job: str) -> None:
+    from pipeline.grid.expected import expected_axes
+
+    plan = expand.build_plan(spec_of(job))
+    assert list(expected_axes(plan)) == [dict(v.axes) for v in expand.variants(plan)]
+
+
+def test_the_example_jobs_cells_match_their_expansion() -> None:
+    from pipeline.grid.expected import expected_axes
+
+    root = Path(__file__).resolve().parent.parent / "jobs"
+    for path in sorted(root.glob("*.yaml")):
+        spec = parse_job(path.read_bytes(), path=str(path), base_dir=str(root))
+        plan = expand.build_plan(spec)
+        assert list(expected_axes(plan)) == [dict(v.axes) for v in expand.variants(plan)], path
+
+
+def test_a_render_never_expands_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_run(tmp_path, LORA_JOB, skip={9})
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the grid expanded the job again")
+
+    import sys
+
+    monkeypatch.setattr(expand, "variants", refuse)
+    monkeypatch.setattr(sys.modules["pipeline.expand.variants"], "variants", refuse)
+    live = LiveOutputs(tmp_path)
+    assert len(live.final()) == 1
+    assert index_of(tmp_path)["sheets"][0]["pending"] == 1
+
+
+def test_holds_are_applied_before_the_product(tmp_path: Path) -> None:
+    from pipeline.grid.expected import expected_axes
+
+    plan = expand.build_plan(spec_of(SWEEP_JOB))
+    held = list(expected_axes(plan, where={"checkpoint": "dreamshaper_8", "width+height": "60x48",
+                                           "prompt": "windmill"}))
+    assert len(held) == expand.count(plan) // 8
+    assert {(a["checkpoint"], a["width"], a["height"]) for a in held} == {("dreamshaper_8", 60, 48)}
+    assert all("windmill" in a["prompt"] for a in held)
+    with pytest.raises(UsageError, match="--where"):
+        list(expected_axes(plan, limit=10))
+
+
+def test_the_default_grid_of_a_sweep_is_a_few_sheets_covering_everything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, SWEEP_JOB)
+    assert run_cli("grid", str(tmp_path), "--cell-px", "48", "--no-gallery") == 0
+    out = capsys.readouterr().out
+    index = index_of(tmp_path)
+    sheets = index["sheets"]
+    assert index["auto"] and 1 < len(sheets) <= 8
+    assert sum(s["done"] for s in sheets) == expand.count(expand.build_plan(spec_of(SWEEP_JOB)))
+    assert index["y"] == "prompt+seed"  # prompt and seed together on the rows
+    # a zip of width and height is the size, 48x60, never "width 48"
+    assert any("48x60" in s["page"] for s in sheets) and any("60x48" in s["page"] for s in sheets)
+    assert not any("width" in s["page"] or "width" in s["title"] for s in sheets)
+    assert "job sheets" in out and len([ln for ln in out.splitlines() if ".png" in ln]) \
+        == len(sheets)
+
+
+def test_a_page_of_one_size_has_cells_of_that_shape(tmp_path: Path) -> None:
+    make_run(tmp_path, SWEEP_JOB.replace("seeds: [101, 202]", "seeds: [101]\ngrid: "
+                                         "{x: cfg, y: sampler, page: width+height, where: "
+                                         "{checkpoint: v1-5, replace:cliff: cliff, "
+                                         "prompt: 'a windmill on a cliff, oil painting'}}"))
+    renderer = GridRenderer(tmp_path)
+    paths = renderer.render()
+    assert [s.page for s in renderer.last_sheets] == ["48x60", "60x48"]
+    (tall_w, tall_h), (wide_w, wide_h) = (Image.open(p).size for p in paths)
+    assert tall_h > wide_h and tall_w == wide_w  # cells follow the page's own images
+    assert all(s.cells == 4 and s.done == 4 for s in renderer.last_sheets)
+    assert "checkpoint v1-5 (held)" in renderer.last_sheets[0].subtitle  # says what is held
+
+
+def test_composite_axes_put_each_combination_on_its_own_row() -> None:
+    spec, entries = entries_of("""
+prompts: ["a {cat|dog}"]
+matrix: {cfg_scale: [5, 7]}
+seeds: [1, 2]
+grid: {x: cfg, y: prompt+seed}
+""")
+    grid = GridSpec.from_job(spec)
+    assert grid.y == "prompt+seed"
+    data = assemble(entries, Outcomes({}, {}), grid)
+    assert data.y_values == ({"prompt": "a cat", "seed": 1}, {"prompt": "a cat", "seed": 2},
+                             {"prompt": "a dog", "seed": 1}, {"prompt": "a dog", "seed": 2})
+    assert len(data.pages) == 1 and len(data.pages[0].cells) == 8 and data.collisions == 0
+    from pipeline.grid.labels import header_label
+
+    assert header_label(grid.y, data.y_values[1], {}) == "a cat\nseed 2"
+
+
+def test_a_named_view_sits_beside_the_jobs_sheets_and_runs_keep_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.grid.views import output_files, saved_views
+
+    variants = make_run(tmp_path, LORA_JOB, skip={9})
+    [job_sheet] = render_grids(tmp_path)
+    assert run_cli("grid", str(tmp_path), "--x", "seed", "--y", "lora", "--cell-px", "48") == 0
+    assert "view seed_by_lora" in capsys.readouterr().out
+    assert saved_views(tmp_path) == ["seed_by_lora"]
+    view_sheet = tmp_path / "grids" / "seed_by_lora" / "seed_by_lora.png"
+    assert job_sheet.is_file() and view_sheet.is_file()  # the job's sheet is still there
+    # the next run refreshes both, deletes neither, and fills the new cell in both
+    with (tmp_path / "manifest.jsonl").open("ab") as manifest:
+        manifest.write(orjson.dumps(record(tmp_path, variants[9], 9)) + b"\n")
+    LiveOutputs(tmp_path).final(status="complete", counts={"total": 10, "done": 10})
+    files = output_files(tmp_path)
+    assert files.gallery == tmp_path / "index.html"
+    assert files.sheets == (job_sheet, view_sheet)
+    assert [v.name for v in files.views] == [None, "seed_by_lora"]
+    for folder in (tmp_path / "grids", tmp_path / "grids" / "seed_by_lora"):
+        assert orjson.loads((folder / INDEX_FILE).read_bytes())["sheets"][0]["pending"] == 0
+    # a view is removed only when asked
+    assert run_cli("grid", str(tmp_path), "--remove", "seed_by_lora", "--no-gallery") == 0
+    assert not view_sheet.exists() and job_sheet.is_file()
+
+
+def test_where_holds_an_axis_and_names_what_it_holds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, SWEEP_JOB)
+    assert run_cli("grid", str(tmp_path), "--x", "cfg", "--y", "prompt+seed", "--page", "size",
+                   "--where", "checkpoint=dreamshaper_8", "--where", "sampler=Euler a",
+                   "--where", "replace:cliff=frozen lake", "--cell-px", "48",
+                   "--no-gallery") == 0
+    out = capsys.readouterr().out
+    name = out.split("view ", 1)[1].split(" ", 1)[0]
+    assert name.startswith("cfg_scale_by_prompt_and_seed_per_width_and_height_where_checkpoint"
+                           "_dreamshaper_8")
+    index = orjson.loads((tmp_path / "grids" / name / INDEX_FILE).read_bytes())
+    assert [s["page"] for s in index["sheets"]] == ["48x60", "60x48"]
+    assert all(s["cells"] == s["done"] == 16 for s in index["sheets"])
+    assert "checkpoint dreamshaper_8 (held)" in index["sheets"][0]["subtitle"]
+    assert "sampler Euler a (held)" in index["sheets"][0]["subtitle"]
+
+
+@pytest.mark.parametrize("argv, wrong, listed", [
+    (("--x", "checkpoint"), "--x 'checkpoint' is not an axis", "this job's axes are"),
+    (("--x", "lora_weigth"), "--x 'lora_weigth'", "did you mean 'lora_weight'"),
+    (("--x", "seed", "--where", "lora=detail:0.7"), "matches no value", "detail:0.5"),
+    (("--x", "seed", "--where", "colour=red"), "--where colour", "this job's axes are"),
+])
+def test_grid_errors_suggest_only_names_that_exist(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], wrong: str,
+        listed: str) -> None:
+    make_run(tmp_path, LORA_JOB)
+    assert run_cli("grid", str(tmp_path), *argv) == 2
+    err = capsys.readouterr().err
+    assert wrong in err and listed in err and "Traceback" not in err
+    typed = argv[-1].split("=")[-1]
+    assert f"did you mean {typed!r}" not in err  # never the name typed
+
+
+def test_suggestions_come_from_the_listed_names_only() -> None:
+    from pipeline.grid.spec import suggest
+
+    axes = ["prompt", "template", "cfg_scale", "seed"]
+    assert suggest("cfg", axes) == "cfg_scale"  # an alias finds the axis it stands for
+    assert suggest("seed", axes) is None  # never the name typed
+    assert suggest("checkpoint", axes) is None  # an alias of an axis the job lacks
+    assert suggest("sed", axes) == "seed"
+
+
+def test_the_gallery_shows_the_status_it_is_given(tmp_path: Path) -> None:
+    from pipeline.gallery import GalleryWriter
+
+    make_run(tmp_path, LORA_JOB)  # run.json says "running", as a run leaves it mid-way
+    counts = {"total": 10, "done": 10, "images": 10, "failed": 0, "skipped": 0}
+    live = LiveOutputs(tmp_path)
+    live.final(status="complete", counts=counts)
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    start = html.index('<script id="sdbatch-data" type="application/json">') + 50
+    data = orjson.loads(html[start:html.index("</script>", start)])
+    assert (data["status"], data["counts"]) == ("complete", counts)
+    assert GalleryWriter(tmp_path).data()["status"] == "running"  # without: run.json's

@@ -106,9 +106,11 @@ def _named_view(args: argparse.Namespace, views: Any, spec: Any) -> Any:
     raw: dict[str, Any] = {}
     if spec is not None and spec.grid is not None:
         raw = dict(spec.grid) if isinstance(spec.grid, dict) else spec.grid.model_dump()
-        if args.x or args.y:
-            raw.pop("page", None)  # the job's page axis belongs to the job's own x and y
-            raw.pop("title", None)
+        if args.x or args.y or args.page:
+            # the user's axes replace the job's (its page and holds belong to its own x and
+            # y); labels and the look of the sheets carry over
+            for key in ("x", "y", "page", "where", "title"):
+                raw.pop(key, None)
     raw.update({k: v for k, v in (("x", args.x), ("y", args.y), ("page", args.page)) if v})
     where = dict(raw.get("where") or {})
     for item in args.where:

@@ -52,7 +52,7 @@ INDEX_FILE = "index.json"
 _RENDER_VERSION = 2  # bump when drawing changes, so old sheets are redrawn
 _INDEX_VERSION = 2
 _MAX_PROMPT_CHARS = 300
-_MAX_VIEW_NAME = 60
+_MAX_VIEW_NAME = 120
 NAME_FROM_AXES = "<from axes>"
 # Payload fields worth a place in the title when the whole sheet shares them.
 _TITLE_PARAMS = ("sampler_name", "scheduler", "steps", "cfg_scale", "denoising_strength")
@@ -65,6 +65,7 @@ class SheetInfo:
     file: str  # relative to the output directory
     title: str
     page: str
+    subtitle: str  # the title's other lines: prompt, shared and held values, progress
     part: int
     parts: int
     cells: int
@@ -293,7 +294,7 @@ class GridRenderer:
             save_atomic(image, path, grid.format, quality=grid.quality)
             log.info("grid: wrote %s (%dx%d)", path, layout.width_px, layout.height_px)
         return SheetInfo(file=rel, title=" ".join(layout.heading_lines),
-                         page=page_text, part=layout.part, parts=layout.parts,
+                         page=page_text, subtitle=" / ".join(layout.title_lines), part=layout.part, parts=layout.parts,
                          cells=len(here), done=counts["ok"], failed=counts["failed"],
                          pending=counts["pending"], width_px=layout.width_px,
                          height_px=layout.height_px, signature=signature)

@@ -41,6 +41,7 @@ FRIENDLY_ALIASES = {
     "vae": "override_settings.sd_vae", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "cfg": "cfg_scale", "sampler": "sampler_name", "weight": "lora_weight",
     "lora_strength": "lora_weight", "seeds": "seed", "prompts": "prompt",
+    "size": "width+height", "resolution": "width+height",
 }
 GRID_AXIS_FIELDS = ("x", "y", "page")
 VIEW_FIELDS = ("x", "y", "page", "where", "title", "cell_px", "format", "quality", "baseline")
