@@ -703,6 +703,10 @@ class Agent:
                       "with the path or URL this machine reaches it at)", meta.name, exc)
             await store.close()
             return None
+        for slot in self.slots:  # a backend's health follows the (latest) job's retry section
+            slot.health.bench_after_failures = spec.retry.bench_after_failures
+            slot.health.cooldown_s = spec.retry.cooldown_s
+            slot.health.cooldown_max_s = spec.retry.cooldown_max_s
         infos = [s.info for s in self.slots if s.info is not None]
         verdict = local.verdict_for(meta, spec, infos)
         clients = {s.label: local.client_for(self._session, s.spec, verdict, spec)

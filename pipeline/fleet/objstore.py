@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import OutputError
-from pipeline.fleet.errors import StoreError
+from pipeline.fleet.errors import FleetUsageError, StoreError
 from pipeline.fleet.urls import StoreURL, env_endpoint
 from pipeline.output.atomic import replace_file
 from pipeline.output.layout import TMP_PREFIX
@@ -143,8 +143,12 @@ class S3Store:
     """A bucket (AWS S3, MinIO, Ceph RGW, R2, ...) through boto3, one client per process."""
 
     def __init__(self, url: StoreURL) -> None:
-        import boto3
-        from botocore.config import Config
+        try:
+            import boto3
+            from botocore.config import Config
+        except ModuleNotFoundError:
+            raise FleetUsageError("an s3:// store needs boto3\n  fix: pip install "
+                                  "'sdbatch[fleet]'") from None
 
         self.url = url
         self.shown = url.public()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pipeline.fleet import keys as K
-from pipeline.fleet.errors import QueueError
+from pipeline.fleet.errors import FleetUsageError, QueueError
 from pipeline.fleet.urls import QueueURL
 from pipeline.fleet.wire import History, JobMeta, variant_from
 from pipeline.model import Variant
@@ -186,9 +186,13 @@ class Queue:
     """One connection pool to the queue's Redis, and the scripts that change variant state."""
 
     def __init__(self, url: QueueURL, *, patience_s: float = 600.0) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        try:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ModuleNotFoundError:
+            raise FleetUsageError("the fleet commands need the Redis client\n  fix: pip install "
+                                  "'sdbatch[fleet]'") from None
 
         self.shown = url.shown
         self.patience_s = patience_s
