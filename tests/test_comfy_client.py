@@ -513,9 +513,25 @@ async def test_a_killed_run_resumed_takes_over_its_prompt_instead_of_posting_aga
     pid = prompt_id_for("v0001", 1)
     assert reply.info["comfyui"]["adopted"] is True
     assert sim.stats.posts_per_id[pid] == 1 and sim.stats.runs_per_id[pid] == 1
+    assert pid in await client(session, sim).submitted_prompts()
     done = await client(session, sim).generate(variant(steps=8))  # finished: its result
     assert done.info["comfyui"]["adopted"] and done.images[0].data == reply.images[0].data
     assert sim.stats.prompts_posted == 1
+
+
+async def test_a_lost_answer_or_a_cut_socket_does_not_run_a_prompt_twice(session, sims) -> None:
+    sim = await sims(replace(FAST, drop_rate=1.0))  # queued, then the connection reset
+    reply = await client(session, sim).generate(variant())
+    pid = reply.info["comfyui"]["prompt_id"]
+    assert len(reply.images) == 1 and sim.stats.posts_per_id[pid] == 1
+    assert sim.stats.faults["drop"] == 1
+    cut = await sims(replace(FAST, ws_drop_rate=1.0, step_latency_s=0.02))
+    reply = await client(session, cut, ComfySetup(ws_check_s=30)).generate(variant())
+    assert len(reply.images) == 1 and cut.stats.faults["ws_drop"] == 1
+    failing = await sims(replace(FAST, http_error_rate=1.0))  # 500, nothing queued
+    with pytest.raises(HTTPStatusError) as info:
+        await client(session, failing).generate(variant())
+    assert info.value.status == 500 and info.value.retryable
 
 
 async def test_preflight_info_from_object_info(session, sims) -> None:

@@ -48,8 +48,8 @@ from pipeline.backends.comfy.reply import build_info, build_params, model_label
 from pipeline.backends.comfy.workflow import (Filled, LoraUse, Template, check_job,
                                               default_workflow, fill, load_workflow,
                                               requested_values)
-from pipeline.errors import (BadResponseError, HTTPStatusError, JobError, RequestTimeout,
-                             TransportError)
+from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, JobError,
+                             RequestTimeout, TransportError)
 from pipeline.imagebytes import sniff_format
 from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.model import Image, Variant
@@ -166,6 +166,16 @@ class ComfyClient:
         for prompt_id in list(self._in_flight):
             await self._cancel(prompt_id)
 
+    async def submitted_prompts(self, *, history_items: int = 64) -> frozenset[str]:
+        """Prompt ids the server is running, holds pending, or finished lately (the newest
+        ``history_items`` of its history): for a resumed run to send a variant whose
+        ``prompt_id_for(variant.id, 1)`` is here to this backend, which then adopts it."""
+        ids = set(queue_ids(await self.get_json("/queue")))
+        history = await self.get_json(f"/history?max_items={int(history_items)}")
+        if isinstance(history, dict):
+            ids.update(str(k) for k in history)
+        return frozenset(ids)
+
     # --- one generation -----------------------------------------------------------------------
 
     async def _generate(self, variant: Variant, attempt: int, started: float) -> Reply:
@@ -260,7 +270,14 @@ class ComfyClient:
                     return prompt_id, await self._wait(prompt_id, found, None, deadline), True
             client_id = f"{self._client_prefix}-{prompt_id[:8]}"
             ws = await self._open_ws(client_id) if self._ws_supported else None
-            used, number = await self._submit(prompt_id, client_id, filled.graph)
+            try:
+                used, number = await self._submit(prompt_id, client_id, filled.graph)
+            except (TransportError, RequestTimeout) as exc:
+                # No answer, but the server may have queued it: our own id tells.
+                found = await self._find_after_lost_answer(prompt_id, filled.graph, exc)
+                if isinstance(found, dict):
+                    return prompt_id, found, False
+                used, number = prompt_id, found
             self._in_flight.add(used)
             return used, await self._wait(used, number, ws, deadline), False
         finally:
@@ -268,6 +285,18 @@ class ComfyClient:
             self._in_flight.discard(used)
             if ws is not None:
                 await ws.close()
+
+    async def _find_after_lost_answer(self, prompt_id: str, graph: dict[str, Any],
+                                      exc: BackendError) -> dict[str, Any] | int:
+        try:
+            found = await self._find_submitted(prompt_id, graph)
+        except BackendError:
+            found = None
+        if found is None:
+            raise exc
+        log.info("%s: POST /prompt got no answer, but prompt %s was queued: waiting for it",
+                 self.label, prompt_id)
+        return found
 
     async def _find_submitted(self, prompt_id: str, graph: dict[str, Any]
                               ) -> dict[str, Any] | int | None:
