@@ -706,3 +706,15 @@ def test_the_gallery_shows_the_status_it_is_given(tmp_path: Path) -> None:
     data = orjson.loads(html[start:html.index("</script>", start)])
     assert (data["status"], data["counts"]) == ("complete", counts)
     assert GalleryWriter(tmp_path).data()["status"] == "running"  # without: run.json's
+
+
+def test_planned_sheets_are_the_sheets_a_run_writes(tmp_path: Path) -> None:
+    from pipeline.grid import planned_sheets
+
+    spec = spec_of(LORA_JOB.replace("{x: lora, y: seed}", "{x: weight, y: seed, page: lora_name}"))
+    planned = planned_sheets(spec)
+    make_run(tmp_path, LORA_JOB.replace("{x: lora, y: seed}",
+                                        "{x: weight, y: seed, page: lora_name}"), skip={3})
+    assert planned == [str(p.relative_to(tmp_path)) for p in render_grids(tmp_path)]
+    assert len(planned) == 2 and not list(Path.cwd().glob("grids/*"))
+    assert planned_sheets(spec_of("prompts: [a]\nseeds: [1, 2]\n")) == []

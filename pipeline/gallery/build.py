@@ -24,16 +24,13 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from pipeline.errors import SdbatchError
 from pipeline.gallery import infotext

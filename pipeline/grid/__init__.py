@@ -13,9 +13,11 @@
 """
 
 from pipeline.grid.live import LiveOutputs
-from pipeline.grid.render import GridRenderer, load_run_job, read_index, render_grids
+from pipeline.grid.render import (GridRenderer, load_run_job, planned_sheets, read_index,
+                                  render_grids)
 from pipeline.grid.spec import GridSpec, job_axes
 from pipeline.grid.views import OutputFiles, ViewFiles, Views, output_files
 
 __all__ = ["GridRenderer", "GridSpec", "LiveOutputs", "OutputFiles", "ViewFiles", "Views",
-           "job_axes", "load_run_job", "output_files", "read_index", "render_grids"]
+           "job_axes", "load_run_job", "output_files", "planned_sheets", "read_index",
+           "render_grids"]

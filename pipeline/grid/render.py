@@ -22,6 +22,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,12 +30,11 @@ from pydantic import ValidationError
 
 from pipeline.errors import UsageError
 from pipeline.grid import cells as grid_cells
-from pipeline.grid.auto import AutoGrid, Unit, default_grid, units_of
+from pipeline.grid.auto import AutoGrid, default_grid, units_of
 from pipeline.grid.cells import Entry, GridData, Outcomes, Page
 from pipeline.grid.draw import EXTENSIONS, CellView, draw_sheet, font_for, save_atomic
 from pipeline.grid.expected import plan_axes
-from pipeline.grid.labels import (axis_title, described_label, header_label, size_text,
-                                  title_label, value_key)
+from pipeline.grid.labels import axis_title, header_label, size_text, title_label, value_key
 from pipeline.grid.layout import MAX_SIDE_PX, GridShape, SheetLayout, plan_sheets
 from pipeline.grid.spec import GridSpec, canonical, job_axes, split_axis
 from pipeline.job.naming import slugify
@@ -162,12 +162,28 @@ class GridRenderer:
 
     def render(self) -> list[Path]:
         """Write every sheet of this view that changed; return the paths of all its sheets."""
-        grid, auto = self._wanted(_read_index(self.folder) if self._grid is None else {})
-        if grid is None:
+        prepared = self._prepare(read_directory=True)
+        if prepared is None:
             self.last_sheets = []
             return []
+        data, grid, outcomes = prepared
+        return self._write(data, grid, outcomes, self.spec, _read_index(self.folder))
+
+    def planned(self) -> list[str]:
+        """The sheets a run of the job will write (relative paths), reading nothing on disk."""
+        prepared = self._prepare(read_directory=False)
+        if prepared is None:
+            return []
+        data, grid, outcomes = prepared
+        return [rel for rel, *_ in self._layouts(data, grid, outcomes, self.spec)]
+
+    def _prepare(self, *, read_directory: bool) -> tuple[GridData, GridSpec, Outcomes] | None:
+        previous = _read_index(self.folder) if read_directory and self._grid is None else {}
+        grid, auto = self._wanted(previous)
+        if grid is None:
+            return None
         spec, plan = self.spec, self.plan if self.spec is not None else None
-        outcomes = grid_cells.read_outcomes(self.out_dir)
+        outcomes = grid_cells.read_outcomes(self.out_dir) if read_directory else Outcomes({}, {})
         names = job_axes(spec) if spec is not None else {}
         if plan is not None:
             entries = None
@@ -178,10 +194,9 @@ class GridRenderer:
         if auto is not None:
             grid, self.held = self._default(auto, plan, entries or [], names)
         grid = self._finish_grid(grid, names, spec)
+        _check_where(grid, _unit_axes(plan, entries or [], names) if grid.where else [])
         if self._name_from_axes:
             self.view = default_view_name(grid)
-        previous = _read_index(self.folder)
-        _check_where(grid, _unit_axes(plan, entries or [], names) if grid.where else [])
         if plan is not None:
             entries = grid_cells.expected_entries(plan, where=grid.where)
             by_axes = grid_cells.keyed(outcomes)
@@ -190,13 +205,12 @@ class GridRenderer:
             entries = grid_cells.entries_from_outcomes(outcomes, grid.where)
             by_axes = None
         if not entries:
-            self.last_sheets = []
-            return []
+            return None
         groups = [n for n, kind in names.items() if kind == "zip group"]
         data = grid_cells.assemble(entries, outcomes, grid, by_axes=by_axes, groups=groups)
         self.auto = auto is not None
         self.last_grid = grid
-        return self._write(data, grid, outcomes, spec, previous)
+        return data, grid, outcomes
 
     # --- which grid ----------------------------------------------------------------------------
 
@@ -246,9 +260,9 @@ class GridRenderer:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def _write(self, data: GridData, grid: GridSpec, outcomes: Outcomes,
-               spec: JobSpec | None, previous: dict[str, Any]) -> list[Path]:
-        old_sheets = _sheets_of(previous)
+    def _layouts(self, data: GridData, grid: GridSpec, outcomes: Outcomes,
+                 spec: JobSpec | None) -> Iterator[tuple[str, SheetLayout, Page, str]]:
+        """(file, layout, page, page text) of every sheet, in order."""
         params = _fixed_params(data, outcomes, spec)
         name = self._name(grid, spec)
         base = slugify(f"{grid.x}_by_{grid.y}" if grid.y else grid.x, 60)
@@ -257,7 +271,6 @@ class GridRenderer:
             if grid.y else ()
         default_aspect = _default_aspect(spec)
         prefix = f"{GRIDS_DIR}/" if self.view is None else f"{GRIDS_DIR}/{self.view}/"
-        sheets: list[SheetInfo] = []
         for n, page in enumerate(data.pages, 1):
             page_text = " · ".join(title_label(a, v, grid.labels) for a, v in page.values)
             sizes = {c.size for c in page.cells.values() if c.size}
@@ -271,8 +284,13 @@ class GridRenderer:
             stem = base if len(data.pages) == 1 else f"{base}_{n:02d}_{slugify(page_text, 40)}"
             for layout in plan_sheets(shape, font_for):
                 suffix = f"_part{layout.part}" if layout.parts > 1 else ""
-                rel = f"{prefix}{stem}{suffix}.{EXTENSIONS[grid.format]}"
-                sheets.append(self._sheet(rel, layout, page, grid, page_text, old_sheets))
+                yield f"{prefix}{stem}{suffix}.{EXTENSIONS[grid.format]}", layout, page, page_text
+
+    def _write(self, data: GridData, grid: GridSpec, outcomes: Outcomes,
+               spec: JobSpec | None, previous: dict[str, Any]) -> list[Path]:
+        old_sheets = _sheets_of(previous)
+        sheets = [self._sheet(rel, layout, page, grid, page_text, old_sheets)
+                  for rel, layout, page, page_text in self._layouts(data, grid, outcomes, spec)]
         self._write_index(sheets, grid, old_sheets)
         self.last_sheets = sheets
         return [self.out_dir / s.file for s in sheets]
@@ -293,8 +311,9 @@ class GridRenderer:
             image = draw_sheet(layout, view)
             save_atomic(image, path, grid.format, quality=grid.quality)
             log.info("grid: wrote %s (%dx%d)", path, layout.width_px, layout.height_px)
-        return SheetInfo(file=rel, title=" ".join(layout.heading_lines),
-                         page=page_text, subtitle=" / ".join(layout.title_lines), part=layout.part, parts=layout.parts,
+        return SheetInfo(file=rel, title=" ".join(layout.heading_lines), page=page_text,
+                         subtitle=" / ".join(layout.title_lines), part=layout.part,
+                         parts=layout.parts,
                          cells=len(here), done=counts["ok"], failed=counts["failed"],
                          pending=counts["pending"], width_px=layout.width_px,
                          height_px=layout.height_px, signature=signature)
@@ -323,6 +342,14 @@ class GridRenderer:
         if spec is not None and spec.name:
             return spec.name
         return self.out_dir.resolve().name
+
+
+def planned_sheets(spec: JobSpec, plan: Plan | None = None) -> list[str]:
+    """The sheets (paths relative to OUT) a run of ``spec`` writes for its ``grid:`` section;
+    [] without one (the gallery's grid explorer still shows every axis)."""
+    if spec.grid is None:
+        return []
+    return GridRenderer(Path("/nonexistent-sdbatch-plan"), spec, plan=plan).planned()
 
 
 def render_grids(out_dir: Path, spec: JobSpec | None = None, *, fmt: str | None = None,
@@ -364,7 +391,8 @@ def _check_where(grid: GridSpec, axes: list[tuple[str, str, tuple[Any, ...]]]) -
         shown = ", ".join(texts[:20]) + (f", ... ({len(texts)} in all)" if len(texts) > 20 else "")
         close = suggest(wanted, [t for t in texts if t != wanted] +
                         [label_for(axis, v, {}) for v in values])
-        hint = (f"did you mean {close!r}? " if close else "") + f"{axis_title(axis)} is one of: {shown}"
+        hint = (f"did you mean {close!r}? " if close else "") \
+            + f"{axis_title(axis)} is one of: {shown}"
         raise UsageError(f"grid: where {axis}={wanted!r} matches no value of {axis!r}"
                          f"\n  fix: {hint}")
 

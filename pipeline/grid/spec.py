@@ -18,8 +18,9 @@ Axis names are checked against the job's own axes at load time (``GridSpec.from_
 did-you-mean drawn only from the axes the job has (never the name typed); friendly aliases
 (``checkpoint``, ``model``, ``cfg``, ``sampler``, ``weight``) resolve to the axis the job actually
 has. A name joined with ``+`` that is not a zip group is a composite axis: each part is resolved
-on its own, and its values are the combinations (``prompt+seed``: one row per prompt and seed). This module imports nothing from the job schema at
-import time, so ``pipeline.job.schema`` may import it.
+on its own, and its values are the combinations (``prompt+seed``: one row per prompt and seed).
+This module imports nothing from the job schema at import time, so ``pipeline.job.schema`` may
+import it.
 """
 
 from __future__ import annotations
