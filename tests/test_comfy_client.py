@@ -13,8 +13,8 @@ import pytest
 from pipeline.backends.comfy.names import Catalog, NameRefused, Names, spellings
 from pipeline.backends.comfy.protocol import (WorkflowRejected, read_entry, rejection_text)
 from pipeline.backends.comfy.reply import infotext
-from pipeline.backends.comfy.workflow import (SD15_TXT2IMG, LoraUse, check_job, fill,
-                                              load_workflow, requested_values, split_lora_tags)
+from pipeline.backends.comfy.payload import check_job, requested_values, split_lora_tags
+from pipeline.backends.comfy.workflow import SD15_TXT2IMG, LoraUse, fill, load_workflow
 from pipeline.errors import HTTPStatusError, JobError
 
 ROOT = Path(__file__).resolve().parents[1]

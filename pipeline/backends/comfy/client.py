@@ -18,14 +18,13 @@ Before the first POST of a variant, ``/history/P`` and ``/queue`` are asked for 
 killed and resumed finds the prompt it already submitted (same variant, same derived id, same
 graph) and takes that result or waits for it, instead of generating it twice.
 
-Every aiohttp and OS exception is mapped into the ``BackendError`` tree in ``_request`` (HTTP)
-and ``_open_ws`` (the socket, which only ever falls back to polling). Timeouts are finite.
+Every aiohttp and OS exception is mapped into the ``BackendError`` tree in ``transport`` (the
+socket only ever falls back to polling). Timeouts are finite; reads are capped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import time
@@ -36,7 +35,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 
 from pipeline.backends.base import Probe, Reply
 from pipeline.backends.comfy.names import Catalog, Names, input_choices
@@ -45,9 +43,11 @@ from pipeline.backends.comfy.protocol import (ExecutionFailed, Interrupted, Prom
                                               execution_error_text, image_refs, queue_ids,
                                               read_entry, rejection_text)
 from pipeline.backends.comfy.reply import build_info, build_params, model_label
-from pipeline.backends.comfy.workflow import (Filled, LoraUse, Template, check_job,
-                                              default_workflow, fill, load_workflow,
-                                              requested_values)
+from pipeline.backends.comfy.transport import (LIST_TIMEOUT_S, MAX_JSON_BYTES, ComfyHTTP,
+                                               ws_wait)
+from pipeline.backends.comfy.payload import check_job, requested_values
+from pipeline.backends.comfy.workflow import (Filled, LoraUse, Template, default_workflow, fill,
+                                              load_workflow)
 from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, JobError,
                              RequestTimeout, TransportError)
 from pipeline.imagebytes import sniff_format
@@ -56,12 +56,8 @@ from pipeline.model import Image, Variant
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0
-LIST_TIMEOUT_S = 30.0
 SUBMIT_TIMEOUT_S = 60.0
 CANCEL_TIMEOUT_S = 5.0
-MAX_JSON_BYTES = 64 * 1024 * 1024
-MAX_WS_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_POLL_FAILURES = 3
 SEED_MAX = 2**64 - 1
 PROMPT_ID_NAMESPACE = uuid.UUID("5d1b7c0e-2f4a-4f0e-9a51-3c0de5db7a7c")
@@ -127,18 +123,12 @@ class ComfyClient:
         self.template = self.setup.template or template_for(spec, job)
         if job is not None:
             check_job(self.template, job)
-        self._session = session
-        self._base = spec.url
-        self._headers = {k: v.get_secret_value() for k, v in spec.headers.items()}
-        if spec.auth:
-            token = base64.b64encode(spec.auth.get_secret_value().encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
-        self._ssl = bool(spec.verify_tls)
+        self._http = ComfyHTTP(session, spec)
+        self._http.ws_supported = self.setup.use_websocket
         self._catalog = self.setup.catalog
         self._catalog_lock = asyncio.Lock()
         self._attempts: dict[str, int] = {}  # variants not yet done on this client
         self._in_flight: set[str] = set()
-        self._ws_supported = self.setup.use_websocket
         self._client_prefix = f"sdbatch-{uuid.uuid4().hex[:12]}"
 
     # --- the Backend interface ----------------------------------------------------------------
@@ -269,7 +259,7 @@ class ComfyClient:
                              self.label, prompt_id)
                     return prompt_id, await self._wait(prompt_id, found, None, deadline), True
             client_id = f"{self._client_prefix}-{prompt_id[:8]}"
-            ws = await self._open_ws(client_id) if self._ws_supported else None
+            ws = await self._http.open_ws(client_id) if self._http.ws_supported else None
             try:
                 used, number = await self._submit(prompt_id, client_id, filled.graph)
             except (TransportError, RequestTimeout) as exc:
@@ -320,10 +310,10 @@ class ComfyClient:
         body: dict[str, Any] = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
         if self.template.extra_pnginfo:
             body["extra_data"] = {"extra_pnginfo": self.template.extra_pnginfo}
-        status, raw = await self._request("POST", "/prompt", payload=body,
+        status, raw = await self._http.request("POST", "/prompt", payload=body,
                                           timeout_s=min(SUBMIT_TIMEOUT_S, self.spec.timeout_s),
                                           cap_bytes=MAX_JSON_BYTES, ok_statuses=(400,))
-        data = self._parse(raw, "/prompt", status)
+        data = self._http.parse(raw, "/prompt", status)
         if status == 400:
             raise WorkflowRejected(f"{self.label} refused the workflow: "
                                    f"{rejection_text(data, graph)}", backend=self.label)
@@ -354,7 +344,7 @@ class ComfyClient:
                                      f"{self.spec.timeout_s:g} s (raise timeout_s for slow "
                                      "generations or long queues)", backend=self.label)
             if ws is not None and not ws.closed:
-                if await _ws_wait(ws, prompt_id, min(self.setup.ws_check_s, remaining)) \
+                if await ws_wait(ws, prompt_id, min(self.setup.ws_check_s, remaining)) \
                         != "timeout":
                     ws = None  # done (history follows at once) or closed: poll from here on
             else:
@@ -426,7 +416,7 @@ class ComfyClient:
 
     async def _view(self, ref: dict[str, str], cap_bytes: int) -> bytes:
         try:
-            _, body = await self._request("GET", "/view", params=ref,
+            _, body = await self._http.request("GET", "/view", params=ref,
                                           timeout_s=LIST_TIMEOUT_S * 4, cap_bytes=cap_bytes)
         except HTTPStatusError as exc:
             if exc.status != 404:
@@ -506,133 +496,12 @@ class ComfyClient:
 
     # --- HTTP ---------------------------------------------------------------------------------
 
+    # --- HTTP ---------------------------------------------------------------------------------
+
     async def get_json(self, path: str, *, timeout_s: float = LIST_TIMEOUT_S) -> Any:
-        status, body = await self._request("GET", path, timeout_s=timeout_s,
-                                           cap_bytes=MAX_JSON_BYTES)
-        return self._parse(body, path, status)
+        return await self._http.get_json(path, timeout_s=timeout_s)
 
     async def post_json(self, path: str, payload: dict[str, Any], *,
                         timeout_s: float = LIST_TIMEOUT_S) -> Any:
-        status, body = await self._request("POST", path, payload=payload, timeout_s=timeout_s,
-                                           cap_bytes=MAX_JSON_BYTES)
-        return self._parse(body, path, status) if body.strip() else None
+        return await self._http.post_json(path, payload, timeout_s=timeout_s)
 
-    def _parse(self, body: bytes, path: str, status: int) -> Any:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            if status == 400:
-                raise HTTPStatusError(f"{self.label} {path}: HTTP 400: "
-                                      f"{body[:300].decode('utf-8', 'replace')}",
-                                      backend=self.label, status=400) from None
-            raise BadResponseError(f"{self.label} {path} did not answer JSON "
-                                   f"({len(body)} bytes)", backend=self.label) from None
-
-    async def _request(self, method: str, path: str, *, payload: Any = None,
-                       params: dict[str, str] | None = None, timeout_s: float, cap_bytes: int,
-                       ok_statuses: tuple[int, ...] = ()) -> tuple[int, bytes]:
-        """The choke point: one HTTP exchange, every failure mapped into ``BackendError``."""
-        url = self._base + path
-        where = f"{self.label} {method} {path}"
-        timeout = aiohttp.ClientTimeout(total=timeout_s,
-                                        sock_connect=min(CONNECT_TIMEOUT_S, timeout_s))
-        headers = dict(self._headers)
-        data = None
-        if payload is not None:
-            data = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
-            headers["Content-Type"] = "application/json"
-        try:
-            async with self._session.request(method, url, data=data, params=params,
-                                             headers=headers, timeout=timeout,
-                                             ssl=self._ssl) as resp:
-                length = resp.content_length
-                if length is not None and length > cap_bytes:
-                    raise BadResponseError(f"{where}: response of {length} bytes is over the "
-                                           f"{cap_bytes}-byte cap", backend=self.label)
-                body = await _read_capped(resp, cap_bytes, where, self.label)
-                if resp.status >= 400 and resp.status not in ok_statuses:
-                    text = body[:300].decode("utf-8", "replace").strip() or (resp.reason or "")
-                    raise HTTPStatusError(f"{where}: HTTP {resp.status}: {text}",
-                                          backend=self.label, status=resp.status)
-                return resp.status, body
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"{where}: no complete answer within {timeout_s:g} s",
-                                 backend=self.label) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise TransportError(f"{where}: TLS certificate rejected ({exc.certificate_error}); "
-                                 "set verify_tls: false for this backend only if you trust it",
-                                 backend=self.label) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"{where}: cannot connect ({exc.os_error.strerror or exc})",
-                                 backend=self.label) from None
-        except aiohttp.ServerDisconnectedError:
-            raise TransportError(f"{where}: the server closed the connection without answering",
-                                 backend=self.label) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise TransportError(f"{where}: the response broke off ({exc})",
-                                 backend=self.label) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"{where}: {type(exc).__name__}: {exc}",
-                                 backend=self.label) from None
-
-    async def _open_ws(self, client_id: str) -> aiohttp.ClientWebSocketResponse | None:
-        """The socket for one prompt's messages, or None (then completion is polled)."""
-        url = self._base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        url += f"/ws?clientId={quote(client_id, safe='')}"
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                return await self._session.ws_connect(
-                    url, headers=self._headers, ssl=self._ssl, autoping=True, heartbeat=None,
-                    max_msg_size=MAX_WS_MESSAGE_BYTES,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CANCEL_TIMEOUT_S))
-        except aiohttp.WSServerHandshakeError as exc:
-            log.info("%s: no websocket at /ws (HTTP %s); polling /history instead",
-                     self.label, exc.status)
-            self._ws_supported = False
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.debug("%s: websocket not opened (%s); polling", self.label, exc)
-        return None
-
-
-async def _ws_wait(ws: aiohttp.ClientWebSocketResponse, prompt_id: str, timeout_s: float) -> str:
-    """Read the socket until this prompt ends ("done"), ``timeout_s`` passes, or it closes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return "timeout"
-        try:
-            msg = await ws.receive(timeout=remaining)
-        except asyncio.TimeoutError:
-            return "timeout"
-        except (aiohttp.ClientError, OSError, RuntimeError):
-            return "closed"
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            try:
-                data = orjson.loads(msg.data)
-            except orjson.JSONDecodeError:
-                continue
-            body = data.get("data") if isinstance(data, dict) else None
-            if not isinstance(body, dict) or body.get("prompt_id") != prompt_id:
-                continue
-            kind = data.get("type")
-            if kind == "executing" and body.get("node") is None:
-                return "done"
-            if kind in ("execution_success", "execution_error", "execution_interrupted"):
-                return "done"
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                          aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-            return "closed"
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap_bytes: int, where: str,
-                       label: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > cap_bytes:
-            raise BadResponseError(f"{where}: response over the {cap_bytes}-byte cap",
-                                   backend=label)
-        chunks.append(chunk)
-    return b"".join(chunks)
