@@ -18,9 +18,4 @@ def make_client(session: aiohttp.ClientSession, spec: BackendSpec, setup: Any = 
         return ComfyClient(session, spec, setup, job=job)
     from pipeline.backends.webui.client import WebUIClient
 
-    if isinstance(setup, dict):  # preflight without a ClientSetup yet
-        client = WebUIClient(session, spec)
-        client.payload_extras = setup.get("payload_extras") or {}
-        client.sampler_aliases = setup.get("sampler_aliases") or {}
-        return client
     return WebUIClient(session, spec, setup)

@@ -1,52 +1,80 @@
-"""Preflight: what each backend has, checked exactly against every name the job uses.
+"""Preflight: what each backend has and is, checked exactly against every name the job uses.
 
-The WebUI silently substitutes what it does not have (an unknown checkpoint becomes the loaded
-one, an unknown sampler the first one, an unknown LoRA tag is ignored), so a typo costs a night of
-wrong images. Before a run, every backend is asked concurrently for its lists; every checkpoint,
-sampler, scheduler, LoRA (including ``<lora:name:w>`` tags inside expanded prompts) and VAE the job
-uses is matched exactly (never fuzzily) against each reachable backend. Names no backend has stop
-the run (exit 2) with the closest real names as suggestions; names only some backends have route
-those variants to the backends that can serve them.
+Every WebUI silently substitutes what it does not have (an unknown checkpoint becomes the loaded
+one, an unknown sampler or alias "DPM++ 2M", an unknown LoRA tag is stripped, Forge ignores
+``sd_vae``), so a typo costs a night of wrong images. Before a run every backend is asked, one
+request at a time (its per-host limit holds for these GETs too), for its options and lists; its
+kind (A1111, Forge, reForge, SD.Next) is told from them. Every checkpoint, sampler, scheduler,
+LoRA and VAE the job uses (``requirements.job_requirements``) is matched exactly (never fuzzily)
+against each reachable backend:
+
+- a name no backend has stops the run (exit 2) with the closest real names as suggestions;
+- a name only some backends have routes those variants to the backends that can serve them
+  (``router``); a VAE counts as present only where the backend can *apply* it (A1111/reForge/
+  SD.Next: ``sd_vae``; Forge: ``forge_additional_modules``, only when its UI lists modules);
+- each backend gets a ``ClientSetup`` (``Verdict.setup_for``): canonical sampler names, pinned
+  overrides, its VAE form, the Dynamic Prompts switch-off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from pipeline import expand
-from pipeline.backends.webui.client import BackendClient
-from pipeline.schedule.dispatch import CanServe
+from pipeline import expand, names
+from pipeline.backends.requirements import (KINDS, Requirements, job_requirements,
+                                            variant_needs)
+from pipeline.backends.webui.client import WebUIClient
+from pipeline.backends.webui.kinds import describe, detect_kind, profile
+from pipeline.backends.webui.setup import CheckpointRef, ClientSetup
+from pipeline.backends.webui.substitution import split_legacy_sampler
 from pipeline.errors import BackendError, HTTPStatusError, PreflightError
 from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.model import Variant
-from pipeline.backends.webui.response import split_legacy_sampler
+from pipeline.schedule.dispatch import CanServe
 
-EXACT_SCAN_LIMIT = 100_000
-_LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
-KINDS = ("checkpoint", "sampler", "scheduler", "lora", "vae")
+__all__ = ["BackendInfo", "ClientSetup", "Finding", "Requirements", "Verdict", "describe_backend",
+           "check_backends", "inspect_all", "inspect_backend", "job_requirements", "judge",
+           "router", "setup_for", "variant_needs"]
+
+V1 = "/sdapi/v1"
+LISTINGS = ("sd-models", "samplers", "schedulers", "loras", "sd-vae", "sd-modules", "scripts",
+            "embeddings")
+# Options that make the infotext show what the response check reads; pinned on when off.
+INFOTEXT_OPTIONS = {"lora": ("lora_add_hashes_to_infotext",),
+                    "checkpoint": ("add_model_name_to_info", "add_model_hash_to_info"),
+                    "vae": ("add_vae_name_to_info",)}
 
 
 @dataclass(frozen=True, slots=True)
 class BackendInfo:
-    """What one backend reported. ``names[kind]`` holds every accepted spelling."""
+    """What one backend reported. ``names[kind]`` holds every accepted spelling (lower case too);
+    a kind missing from ``names`` means the server has no list for it (unknowable)."""
 
     label: str
     reachable: bool
     error: str = ""
     auth_rejected: bool = False
-    server: str = ""
+    server: str = ""  # "Forge f2.0.1v1.10.1-...": kind and version, for display
+    kind: str = "unknown"  # "a1111" | "forge" | "reforge" | "sdnext" | "unknown"
+    version: str | None = None
     loaded_model: str | None = None
     names: dict[str, frozenset[str]] = field(default_factory=dict)
     shown: dict[str, tuple[str, ...]] = field(default_factory=dict)  # display names for hints
     dynamic_prompts: str | None = None  # the script title, when the extension is installed
     sampler_aliases: dict[str, str] = field(default_factory=dict)  # alias (lower) -> name
+    samplers: tuple[str, ...] = ()  # the /samplers names, the only spellings ever sent
+    schedulers: dict[str, str] = field(default_factory=dict)  # name or label (lower) -> label
+    checkpoints: tuple[CheckpointRef, ...] = ()
+    loras: tuple[tuple[str, str], ...] = ()  # (name, alias)
+    vaes: dict[str, str] = field(default_factory=dict)  # spelling (and lower) -> value to send
+    vae_note: str = ""  # why this backend cannot apply a VAE, when it cannot
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def has(self, kind: str, name: str) -> bool:
         accepted = self.names.get(kind)
@@ -54,78 +82,21 @@ class BackendInfo:
             return True  # the server has no list for this kind (e.g. no /schedulers): unknowable
         if name in accepted or name.lower() in accepted:
             return True
+        if kind == "checkpoint":  # "x.safetensors [hash]" for a title the server has not hashed
+            return any(names.same_checkpoint(name, ref.title) for ref in self.checkpoints)
         legacy = split_legacy_sampler(name) if kind == "sampler" else None
-        if legacy:  # "DPM++ 2M Karras": the server splits it into sampler + scheduler
+        if legacy:  # "DPM++ 2M Karras": sampler + scheduler, split by the server or by us
             return self.has("sampler", legacy[0]) and self.has("scheduler", legacy[1])
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Requirements:
-    """Every name the job uses, by kind."""
-
-    names: dict[str, frozenset[str]]
-    exact: bool
-
-
-def variant_needs(variant: Variant) -> dict[str, set[str]]:
-    """The names one variant depends on, by kind."""
-    p = variant.payload
-    needs: dict[str, set[str]] = {k: set() for k in KINDS}
-    if variant.checkpoint:
-        needs["checkpoint"].add(variant.checkpoint)
-    for key in ("sampler_name", "hr_sampler_name"):
-        if p.get(key):
-            needs["sampler"].add(str(p[key]))
-    for key in ("scheduler", "hr_scheduler"):
-        if p.get(key):
-            needs["scheduler"].add(str(p[key]))
-    vae = (p.get("override_settings") or {}).get("sd_vae")
-    if vae and str(vae) not in ("Automatic", "None"):
-        needs["vae"].add(str(vae))
-    for text in (p.get("prompt", ""), p.get("hr_prompt", "")):
-        if text and "<" in text:
-            needs["lora"].update(m.strip() for m in _LORA_TAG.findall(str(text)))
-    return needs
-
-
-def job_requirements(plan: expand.Plan) -> Requirements:
-    """Names the job uses: exact (every variant scanned) when the job is small enough."""
-    names: dict[str, set[str]] = {k: set() for k in KINDS}
-    exact = expand.count(plan) <= EXACT_SCAN_LIMIT
-    if exact:
-        for variant in expand.variants(plan):
-            for kind, found in variant_needs(variant).items():
-                names[kind] |= found
-    else:  # templates, defaults and axes, without expanding a huge job
-        for checkpoint in expand.checkpoints(plan):
-            if checkpoint:
-                names["checkpoint"].add(checkpoint)
-        texts = [t.text for t in plan.templates]
-        for text in texts:
-            names["lora"].update(m.strip() for m in _LORA_TAG.findall(text))
-        if plan.spec.loras:
-            names["lora"].update(plan.spec.loras.names)
-        samples = [plan.spec.defaults, *(t.overrides for t in plan.templates)]
-        for axis in plan.axes:
-            if axis.kind == "matrix":
-                samples += [{expand.MATRIX_ALIASES.get(axis.name, axis.name): v}
-                            for v in axis.values]
-            elif axis.kind == "zip":
-                samples += list(axis.values)
-        for sample in samples:
-            for key, kind in (("sampler_name", "sampler"), ("scheduler", "scheduler")):
-                if sample.get(key):
-                    names[kind].add(str(sample[key]))
-    return Requirements({k: frozenset(v) for k, v in names.items()}, exact)
-
-
 # --- asking the backends -----------------------------------------------------------------------
 
-async def inspect_backend(client: BackendClient) -> BackendInfo:
+async def inspect_backend(client: WebUIClient) -> BackendInfo:
+    """Ask one backend for its options and lists, one request at a time."""
     label = client.label
     try:
-        options = await client.probe_options()
+        probe = await client.probe()
     except HTTPStatusError as exc:
         return BackendInfo(label, reachable=exc.status != 401, error=str(exc),
                            auth_rejected=exc.status == 401)
@@ -139,76 +110,132 @@ async def inspect_backend(client: BackendClient) -> BackendInfo:
         except BackendError:
             return None
 
-    paths = ["/sdapi/v1/sd-models", "/sdapi/v1/samplers", "/sdapi/v1/schedulers",
-             "/sdapi/v1/loras", "/sdapi/v1/sd-vae", "/sdapi/v1/sd-modules", "/sdapi/v1/scripts",
-             "/sdapi/v1/embeddings"]
-    # One at a time: a backend's per-host limit holds for our cheap GETs too.
-    models, samplers, schedulers, loras, vaes, modules, scripts, embeddings = \
-        [await listing(p) for p in paths]
-    names: dict[str, frozenset[str]] = {}
+    answers: dict[str, Any] = {"options": probe.details.get("options", {})}
+    for name in LISTINGS:
+        answers[name] = await listing(f"{V1}/{name}")
+    if not any(str(k).startswith("forge_") for k in answers["options"]):
+        answers["version"] = await listing(f"{V1}/version")  # SD.Next only
+    return describe_backend(label, answers)
+
+
+def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
+    """A ``BackendInfo`` from a backend's answers (``"options"``, ``"sd-models"``, ... ->
+    parsed JSON, None for a route that failed). Pure: recorded answers work as well."""
+    options = answers.get("options") if isinstance(answers.get("options"), dict) else {}
+    sd_vae, modules = answers.get("sd-vae"), answers.get("sd-modules")
+    kind = detect_kind(options, sd_vae_route=isinstance(sd_vae, list),
+                       version_route=answers.get("version"))
+    version_answer = answers.get("version")
+    version = None
+    if isinstance(version_answer, dict):
+        version = str(version_answer.get("version") or version_answer.get("hash") or "") or None
+    names_: dict[str, frozenset[str]] = {}
     shown: dict[str, tuple[str, ...]] = {}
 
-    def add(kind: str, items: Any, spellings: Any, display: str) -> None:
-        if not isinstance(items, list):
-            return
-        accepted: set[str] = set()
-        disp: list[str] = []
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            for spelling in spellings(item):
-                if spelling:
-                    accepted.add(str(spelling))
-            if item.get(display):
-                disp.append(str(item[display]))
-        names[kind] = frozenset(accepted)
-        shown[kind] = tuple(disp)
+    def add(kind_: str, spellings: Iterable[str], display: Iterable[str]) -> None:
+        accepted = {s for s in spellings if s}
+        names_[kind_] = frozenset(accepted | {s.lower() for s in accepted})
+        shown[kind_] = tuple(d for d in display if d)
 
-    add("checkpoint", models, _checkpoint_spellings, "model_name")
-    add("sampler", samplers, lambda s: [s.get("name"), *[a.lower() for a in s.get("aliases") or []
-                                                         if isinstance(a, str)]], "name")
-    add("scheduler", schedulers, lambda s: [s.get("name"), s.get("label")], "name")
-    add("lora", loras, lambda x: [x.get("name"), x.get("alias")], "name")
-    vae_items = vaes if isinstance(vaes, list) else modules
-    add("vae", vae_items, lambda v: [v.get("model_name"), v.get("filename"),
-                                     _basename(v.get("filename"))], "model_name")
+    models = [m for m in answers.get("sd-models") or [] if isinstance(m, dict)]
+    refs = tuple(CheckpointRef(str(m.get("title") or m.get("model_name") or ""),
+                               str(m.get("model_name") or ""), _str(m.get("filename")),
+                               _str(m.get("hash")), _str(m.get("sha256"))) for m in models)
+    if isinstance(answers.get("sd-models"), list):
+        add("checkpoint", (s for r in refs for s in _checkpoint_spellings(r)),
+            (r.model_name or r.title for r in refs))
+    samplers = [s for s in answers.get("samplers") or [] if isinstance(s, dict) and s.get("name")]
+    aliases = {str(a).lower(): str(s["name"]) for s in samplers
+               for a in s.get("aliases") or [] if isinstance(a, str)}
+    if isinstance(answers.get("samplers"), list):
+        add("sampler", [*(str(s["name"]) for s in samplers), *aliases],
+            (str(s["name"]) for s in samplers))
+    schedulers: dict[str, str] = {}
+    for item in answers.get("schedulers") or []:
+        if isinstance(item, dict) and (item.get("label") or item.get("name")):
+            label_ = str(item.get("label") or item.get("name"))
+            for spelling in (item.get("name"), item.get("label"), *(item.get("aliases") or [])):
+                if isinstance(spelling, str) and spelling:
+                    schedulers[spelling.lower()] = label_
+    if isinstance(answers.get("schedulers"), list):
+        add("scheduler", schedulers, dict.fromkeys(schedulers.values()))
+    loras = tuple((str(x.get("name") or ""), str(x.get("alias") or x.get("name") or ""))
+                  for x in answers.get("loras") or [] if isinstance(x, dict))
+    if isinstance(answers.get("loras"), list):
+        add("lora", (s for pair in loras for s in pair), (n for n, _ in loras))
+    vaes, vae_note = _vaes(kind, sd_vae, modules)
+    if vaes is not None:
+        add("vae", vaes, dict.fromkeys(vaes.values()))
+    embeddings = answers.get("embeddings")
     if isinstance(embeddings, dict) and isinstance(embeddings.get("loaded"), dict):
         shown["embedding"] = tuple(sorted(embeddings["loaded"]))
-    server = "Forge" if isinstance(modules, list) else (
-        "AUTOMATIC1111 v1.9+" if isinstance(schedulers, list) else "AUTOMATIC1111 <1.9 or SD.Next")
-    dynamic = None
+    loaded = options.get("sd_model_checkpoint")
+    return BackendInfo(
+        label, reachable=True, server=describe(kind, version), kind=kind, version=version,
+        loaded_model=str(loaded) if loaded else None, names=names_, shown=shown,
+        dynamic_prompts=_dynamic_prompts(answers.get("scripts")), sampler_aliases=aliases,
+        samplers=tuple(str(s["name"]) for s in samplers), schedulers=schedulers,
+        checkpoints=refs, loras=loras, vaes=vaes or {}, vae_note=vae_note, options=options)
+
+
+def _vaes(kind: str, sd_vae: Any, modules: Any) -> tuple[dict[str, str] | None, str]:
+    """Spellings of the VAEs this backend can *apply* -> what to send; or why it cannot."""
+    if profile(kind).vae_via == "forge_additional_modules":
+        items = [m for m in modules or [] if isinstance(m, dict) and m.get("model_name")]
+        note = "" if items else (
+            "Forge applies a VAE only through forge_additional_modules, and lists the modules it "
+            "can load (/sdapi/v1/sd-modules) only while its UI runs; this one lists none (it was "
+            "started with --nowebui?), and it ignores sd_vae")
+        if not isinstance(modules, list):
+            note = "Forge answered no /sdapi/v1/sd-modules list, and it ignores sd_vae"
+    else:
+        items = [v for v in sd_vae or [] if isinstance(v, dict) and v.get("model_name")]
+        if not isinstance(sd_vae, list):
+            return None, ""  # no list: unknowable, as before
+        note = ""
+    out: dict[str, str] = {}
+    for item in items:
+        send = str(item["model_name"])
+        filename = _str(item.get("filename"))
+        for spelling in (send, filename, names.basename(filename) if filename else None,
+                         names.MODEL_EXT.sub("", send)):
+            if spelling:
+                out.setdefault(spelling, send)
+                out.setdefault(spelling.lower(), send)
+    return out, note
+
+
+def _dynamic_prompts(scripts: Any) -> str | None:
     if isinstance(scripts, dict):
         for title in [*(scripts.get("txt2img") or []), *(scripts.get("img2img") or [])]:
             if isinstance(title, str) and "dynamic prompts" in title.lower():
-                dynamic = title
-                break
-    aliases = {str(a).lower(): str(s["name"]) for s in samplers or [] if isinstance(s, dict)
-               and s.get("name") for a in s.get("aliases") or [] if isinstance(a, str)}
-    return BackendInfo(label, reachable=True, server=server,
-                       loaded_model=options.get("sd_model_checkpoint"), names=names,
-                       shown=shown, dynamic_prompts=dynamic, sampler_aliases=aliases)
+                return title
+    return None
 
 
-def _basename(path: Any) -> str | None:
-    return str(path).replace("\\", "/").rsplit("/", 1)[-1] if path else None
+def _str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
 
 
-def _checkpoint_spellings(model: dict[str, Any]) -> list[str]:
+def _checkpoint_spellings(ref: CheckpointRef) -> list[str]:
     """Every way ``override_settings.sd_model_checkpoint`` may name this model."""
-    out = [model.get("title"), model.get("model_name"), model.get("hash"), model.get("sha256")]
-    filename = _basename(model.get("filename"))
-    if filename:
-        out += [filename, model.get("filename")]
-    title = model.get("title")
-    if isinstance(title, str):
-        out.append(re.sub(r"\s*\[[0-9a-fA-F]+\]\s*$", "", title))
+    out = [ref.title, names.HASH_SUFFIX.sub("", ref.title), ref.model_name, ref.hash, ref.sha256]
+    if ref.filename:
+        base = names.basename(ref.filename)
+        out += [ref.filename, base, names.MODEL_EXT.sub("", base)]
     return [str(x) for x in out if x]
 
 
 async def inspect_all(session: aiohttp.ClientSession, backends: Iterable[BackendSpec]
                       ) -> list[BackendInfo]:
-    clients = [BackendClient(session, b) for b in backends]
-    return list(await asyncio.gather(*(inspect_backend(c) for c in clients)))
+    """Every backend's ``BackendInfo``, asked concurrently (each one request at a time). A
+    ComfyUI backend is not asked here: it has no WebUI lists (its names are unknowable here)."""
+    async def inspect(spec: BackendSpec) -> BackendInfo:
+        if spec.kind != "webui":
+            return BackendInfo(spec.label, reachable=True, kind=spec.kind, server=spec.kind)
+        return await inspect_backend(WebUIClient(session, spec))
+
+    return list(await asyncio.gather(*(inspect(b) for b in backends)))
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -220,6 +247,7 @@ class Finding:
     available_on: tuple[str, ...]
     missing_on: tuple[str, ...]
     suggestions: tuple[str, ...]
+    reasons: tuple[str, ...] = ()  # why it is missing where that is not a plain absence
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,10 +255,16 @@ class Verdict:
     infos: tuple[BackendInfo, ...]
     findings: tuple[Finding, ...]
     problems: tuple[str, ...]
+    setups: dict[str, ClientSetup] = field(default_factory=dict, hash=False, compare=False)
+    requirements: Requirements | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def setup_for(self, label: str) -> ClientSetup:
+        """What the client for backend ``label`` needs (a bare setup for an unknown label)."""
+        return self.setups.get(label) or ClientSetup(label=label)
 
 
 def judge(requirements: Requirements, infos: list[BackendInfo], spec: JobSpec) -> Verdict:
@@ -249,14 +283,109 @@ def judge(requirements: Requirements, infos: list[BackendInfo], spec: JobSpec) -
         for name in sorted(requirements.names.get(kind, ())):
             have = tuple(i.label for i in reachable if i.has(kind, name))
             lack = tuple(i.label for i in reachable if not i.has(kind, name))
+            reasons = tuple(f"{i.label}: {i.vae_note}" for i in reachable
+                            if kind == "vae" and i.label in lack and i.vae_note)
             pool = sorted({n for i in reachable for n in i.shown.get(kind, ())})
             suggestions = tuple(difflib.get_close_matches(name, pool, n=3, cutoff=0.5))
-            findings.append(Finding(kind, name, have, lack, suggestions))
+            findings.append(Finding(kind, name, have, lack, suggestions, reasons))
             if reachable and not have:
-                hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions \
-                    else (f"; available: {', '.join(pool[:8])}" if pool else "")
-                problems.append(f"{kind} {name!r} is on no backend{hint}")
-    return Verdict(tuple(infos), tuple(findings), tuple(problems))
+                problems.append(_missing_message(kind, name, suggestions, pool, reasons))
+    setups = {i.label: client_setup(i, requirements, spec) for i in reachable
+              if i.kind != "comfyui"}
+    return Verdict(tuple(infos), tuple(findings), tuple(problems), setups, requirements)
+
+
+def _missing_message(kind: str, name: str, suggestions: tuple[str, ...], pool: list[str],
+                     reasons: tuple[str, ...]) -> str:
+    if reasons:
+        return (f"{kind} {name!r} cannot be applied by any backend: " + "; ".join(reasons)
+                + ". Fix: start Forge with its UI (without --nowebui) so it lists its VAEs, add "
+                  "an A1111 or reForge backend, or remove the VAE from the job")
+    hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions \
+        else (f"; available: {', '.join(pool[:8])}" if pool else "")
+    return f"{kind} {name!r} is on no backend{hint}"
+
+
+def client_setup(info: BackendInfo, requirements: Requirements, spec: JobSpec) -> ClientSetup:
+    """What a client for this backend sends and checks, for this job's names."""
+    samplers: dict[str, str] = {}
+    implied: dict[str, str] = {}
+    for name in requirements.names.get("sampler", ()):
+        canonical = _sampler(info, name)
+        if canonical:
+            samplers[name] = canonical
+            continue
+        legacy = split_legacy_sampler(name)
+        if legacy and _sampler(info, legacy[0]) and info.schedulers.get(legacy[1].lower()):
+            samplers[name] = _sampler(info, legacy[0]) or legacy[0]
+            implied[name] = info.schedulers[legacy[1].lower()]
+    schedulers = {n: info.schedulers[n.lower()] for n in requirements.names.get("scheduler", ())
+                  if n.lower() in info.schedulers}
+    checkpoints = {n: ref for n in requirements.names.get("checkpoint", ())
+                   if (ref := _checkpoint(info, n)) is not None}
+    if info.loaded_model and (ref := _checkpoint(info, info.loaded_model)) is not None:
+        checkpoints.setdefault(info.loaded_model, ref)  # the pinned start value
+    loras: dict[str, frozenset[str]] = {}
+    for name in requirements.names.get("lora", ()):
+        for lora_name, alias in info.loras:
+            if name in (lora_name, alias) or name.lower() in (lora_name.lower(), alias.lower()):
+                loras[name.lower()] = frozenset(_lora_key(s) for s in (name, lora_name, alias))
+    vaes = {n: info.vaes[n] if n in info.vaes else info.vaes[n.lower()]
+            for n in requirements.names.get("vae", ()) if n in info.vaes or n.lower() in info.vaes}
+    return ClientSetup(
+        label=info.label, kind=info.kind, version=info.version,
+        payload_extras=_payload_extras(info), samplers=samplers, implied_schedulers=implied,
+        schedulers=schedulers, checkpoints=checkpoints, loras=loras, vaes=vaes,
+        override_pins=_pins(info, requirements))
+
+
+def _pins(info: BackendInfo, requirements: Requirements) -> dict[str, Any]:
+    """Override keys the job sets -> this backend's value at start, in the backend's own form."""
+    pins: dict[str, Any] = {}
+    forge_vae = profile(info.kind).vae_via == "forge_additional_modules"
+    for key in sorted(requirements.override_keys):
+        if key == "sd_vae" and forge_vae:
+            key = "forge_additional_modules"
+        value = info.options.get(key)
+        if key in info.options and value is not None and value != "":
+            pins[key] = value
+    for kind, options in INFOTEXT_OPTIONS.items():
+        if requirements.uses(kind):
+            pins.update({o: True for o in options if info.options.get(o) is False})
+    return pins
+
+
+def _payload_extras(info: BackendInfo) -> dict[str, Any]:
+    """Per-backend additions to every request: switch off server-side prompt re-expansion."""
+    if info.dynamic_prompts:
+        return {"alwayson_scripts": {info.dynamic_prompts: {"args": [False]}}}
+    return {}
+
+
+def payload_extras(info: BackendInfo) -> dict[str, Any]:  # kept for callers not yet switched
+    return _payload_extras(info)
+
+
+def _sampler(info: BackendInfo, name: str) -> str | None:
+    for canonical in info.samplers:
+        if canonical == name or canonical.lower() == name.lower():
+            return canonical
+    return info.sampler_aliases.get(name.lower())
+
+
+def _checkpoint(info: BackendInfo, name: str) -> CheckpointRef | None:
+    want = name.strip().lower()
+    for ref in info.checkpoints:
+        if want in {s.lower() for s in _checkpoint_spellings(ref)}:
+            return ref
+    for ref in info.checkpoints:  # "tiny-b" for a title that gained a hash, a path, ...
+        if names.same_checkpoint(name, ref.title):
+            return ref
+    return None
+
+
+def _lora_key(name: str) -> str:
+    return name.replace(":", "").replace(",", "").strip().lower()
 
 
 def router(verdict: Verdict) -> CanServe | None:
@@ -273,17 +402,10 @@ def router(verdict: Verdict) -> CanServe | None:
         lacks = missing.get(backend)
         if not lacks:
             return True
-        return not any((kind, name) in lacks for kind, names in variant_needs(variant).items()
-                       for name in names)
+        return not any((kind, name) in lacks for kind, names_ in variant_needs(variant).items()
+                       for name in names_)
 
     return can_serve
-
-
-def payload_extras(info: BackendInfo) -> dict[str, Any]:
-    """Per-backend additions to every request: switch off server-side prompt re-expansion."""
-    if info.dynamic_prompts:
-        return {"alwayson_scripts": {info.dynamic_prompts: {"args": [False]}}}
-    return {}
 
 
 async def check_backends(session: aiohttp.ClientSession, spec: JobSpec, plan: expand.Plan,
@@ -300,13 +422,9 @@ async def check_backends(session: aiohttp.ClientSession, spec: JobSpec, plan: ex
     return verdict
 
 
-def setup_for(verdict: Verdict, label: str) -> Any:
-    """What the client for ``label`` needs from preflight."""
-    setup = getattr(verdict, "setup_for", None)
-    if callable(setup):
-        return setup(label)
+def setup_for(verdict: Verdict, label: str) -> ClientSetup | None:
+    """The ``ClientSetup`` for a WebUI backend; None for other kinds (ComfyUI has its own)."""
     for info in verdict.infos:
-        if info.label == label:
-            return {"payload_extras": payload_extras(info),
-                    "sampler_aliases": info.sampler_aliases}
-    return None
+        if info.label == label and info.kind == "comfyui":
+            return None
+    return verdict.setup_for(label)

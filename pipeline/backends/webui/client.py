@@ -1,8 +1,25 @@
 """The WebUI HTTP client: one backend, one shared ``aiohttp.ClientSession`` per run.
 
-Every aiohttp and OS exception is mapped here, in ``_request``, into the ``BackendError`` tree;
-nothing above this module sees a foreign exception. Timeouts are always finite. Credentials go
-into the Authorization header only and never into a message.
+Implements ``pipeline.backends.base.Backend``. Every aiohttp and OS exception is mapped here, in
+``_request``, into the ``BackendError`` tree; nothing above this module sees a foreign exception.
+Timeouts are always finite. Credentials go into the Authorization header only and never into a
+message.
+
+What a client sends and checks comes from its ``ClientSetup`` (built by preflight, fixed at
+construction): canonical sampler names, pinned overrides, the VAE in the backend's own form.
+Every response is checked against what was sent (``substitution``) before it becomes a ``Reply``.
+
+Two more duties:
+
+- **rate limits** (SD.Next): a 429 raises ``HTTPStatusError`` with ``retry_after_s`` (from
+  ``Retry-After``, else 1 s) and slows this host down: no request starts before the server's
+  date, and generations are spaced at least ``pace_s`` apart from then on (doubling on each
+  further 429, easing off as requests succeed);
+- **interrupts**: ``interrupt()`` asks the server to stop (best effort). A WebUI answers an
+  interrupted generation with HTTP 200 and a half-done image whose infotext claims every step,
+  so the client remembers when it interrupted, and an answer to a request that was in flight
+  then raises instead of returning images (``mark_interrupted`` records an interrupt made by
+  other means).
 """
 
 from __future__ import annotations
@@ -11,36 +28,35 @@ import asyncio
 import base64
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from pipeline.backends.base import Probe
-from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, RequestTimeout,
+from pipeline.backends.base import Probe, Reply
+from pipeline.backends.webui.http_errors import error_message, retry_after_s
+from pipeline.backends.webui.response import parse_body, split_images
+from pipeline.backends.webui.setup import ClientSetup, build_payload
+from pipeline.backends.webui.substitution import check_substitution
+from pipeline.errors import (BadResponseError, HTTPStatusError, RequestTimeout,
                              TransportError)
 from pipeline.expand.inputs import encode_refs
 from pipeline.job.schema import BackendSpec
-from pipeline.model import Image, Variant
-from pipeline.backends.webui.response import check_substitution, parse_body, split_images
+from pipeline.model import Variant
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 LIST_TIMEOUT_S = 30.0
+INTERRUPT_TIMEOUT_S = 5.0
 MAX_LIST_BYTES = 32 * 1024 * 1024
+DEFAULT_RETRY_AFTER_S = 1.0
+MAX_PACE_S = 30.0
+PACE_EASE = 0.95  # each success shortens the pace by 5% ...
+GET_PACE_SHARE = 0.2  # ... and a GET costs a fifth of a generation (SD.Next: 1 vs 5 tokens)
+KEPT_INTERRUPTS = 8
 
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A checked generation: labelled images, parsed info, the model the server reports."""
-
-    images: tuple[Image, ...]
-    info: dict[str, Any]
-    model: str | None
-    params: dict[str, Any]
-    elapsed_s: float
+__all__ = ["BackendClient", "Reply", "WebUIClient", "error_message", "response_cap_bytes"]
 
 
 def response_cap_bytes(payload: dict[str, Any]) -> int:
@@ -63,12 +79,16 @@ def _number(value: Any, default: float) -> float:
 
 
 class WebUIClient:
-    """Talks to one WebUI backend. Cheap to create; owns no session."""
+    """Talks to one WebUI backend (A1111, Forge, reForge, SD.Next). Cheap to create; owns no
+    session."""
 
-    def __init__(self, session: aiohttp.ClientSession, spec: BackendSpec, setup: Any = None
-                 ) -> None:
+    kind = "webui"
+
+    def __init__(self, session: aiohttp.ClientSession, spec: BackendSpec,
+                 setup: ClientSetup | None = None) -> None:
         self.spec = spec
         self.label = spec.label
+        self.setup = setup
         self._session = session
         self._base = spec.url
         self._headers = {k: v.get_secret_value() for k, v in spec.headers.items()}
@@ -76,25 +96,85 @@ class WebUIClient:
             token = base64.b64encode(spec.auth.get_secret_value().encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         self._ssl: bool | None = None if spec.verify_tls else False
-        self.payload_extras: dict[str, Any] = {}
-        self.sampler_aliases: dict[str, str] = {}  # alias (lower case) -> name, from preflight
+        self._next_start_s = 0.0  # monotonic: no request starts before this (rate limits)
+        self.pace_s = 0.0  # at least this long between generation starts, after a 429
+        self._pace_floor_s = 0.0  # a host known to rate-limit stays paced at its profile's rate
+        # (sent_s, answered_s) of our interrupts; answered_s is inf while the POST is out
+        self._interrupts: list[tuple[float, float]] = []
+
+    # --- the Backend protocol -----------------------------------------------------------------
+
+    async def probe(self) -> Probe:
+        """A cheap health check that works in every mode (``/internal/ping`` is UI-only)."""
+        options = await self.get_json("/sdapi/v1/options", timeout_s=min(30.0, self.spec.timeout_s))
+        if not isinstance(options, dict):
+            raise BadResponseError(f"{self.label}: /sdapi/v1/options is not an object",
+                                   backend=self.label)
+        loaded = options.get("sd_model_checkpoint")
+        return Probe(loaded_model=str(loaded) if loaded else None,
+                     details={"options": options,
+                              "checkpoint_hash": options.get("sd_checkpoint_hash") or None})
 
     async def generate(self, variant: Variant) -> Reply:
         """POST the variant and return its checked images; raises ``BackendError``."""
-        params = self._params(variant)
-        started = time.monotonic()
-        body = await self._request("POST", f"/sdapi/v1/{variant.endpoint}",
-                                   payload=encode_refs(params),
-                                   timeout_s=self.spec.timeout_s,
-                                   cap_bytes=response_cap_bytes(params))
-        data = parse_body(body)
+        params, data, started, elapsed_s = await self.exchange(variant)
         try:
             images, info = split_images(data, variant)
-            model = check_substitution(variant, info, self.sampler_aliases)
+            model = check_substitution(params, info, images, self.setup, backend=self.label)
         except BadResponseError as exc:
             exc.backend = self.label
             raise
-        return Reply(images, info, model, params, time.monotonic() - started)
+        return Reply(images, info, model, params, elapsed_s)
+
+    async def exchange(self, variant: Variant) -> tuple[dict[str, Any], dict[str, Any], float,
+                                                         float]:
+        """Send one variant: (params as sent, parsed body, start, elapsed_s); no checks of the
+        images beyond the interrupt rule (``check --probe`` reads the answer itself)."""
+        params = self.request_payload(variant)
+        started = time.monotonic()
+        body = await self._request("POST", f"/sdapi/v1/{variant.endpoint}",
+                                   payload=encode_refs(params), timeout_s=self.spec.timeout_s,
+                                   cap_bytes=response_cap_bytes(params), weight=1.0)
+        if self.interrupted_during(started, time.monotonic()):
+            raise BadResponseError(
+                f"{self.label}: the answer to variant {variant.id} came back after sdbatch "
+                "interrupted this backend: its image is half done (the infotext still claims "
+                "every step), so it is not saved and the variant is redone on resume",
+                backend=self.label)
+        try:
+            data = parse_body(body)
+        except BadResponseError as exc:
+            exc.backend = self.label
+            raise
+        return params, data, started, time.monotonic() - started
+
+    async def interrupt(self) -> None:
+        """POST /sdapi/v1/interrupt (best effort; never raises). Answers to requests that are in
+        flight now are refused when they come back."""
+        sent = time.monotonic()
+        self._interrupts = [*self._interrupts[-(KEPT_INTERRUPTS - 1):], (sent, float("inf"))]
+        try:
+            await self.post_json("/sdapi/v1/interrupt", {}, timeout_s=INTERRUPT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - best effort by contract
+            log.warning("could not interrupt %s: %s", self.label, exc)
+        finally:
+            self._interrupts[-1] = (sent, time.monotonic())
+
+    def mark_interrupted(self, at_s: float | None = None) -> None:
+        """Record that this backend was interrupted at monotonic time ``at_s`` (default: now):
+        a reply to a request started before then and answered after then raises."""
+        at = time.monotonic() if at_s is None else at_s
+        self._interrupts = [*self._interrupts[-(KEPT_INTERRUPTS - 1):], (at, at)]
+
+    def interrupted_during(self, started_s: float, answered_s: float) -> bool:
+        """Was a request in flight from ``started_s`` to ``answered_s`` hit by our interrupt?"""
+        return any(started_s <= done and answered_s >= sent for sent, done in self._interrupts)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def request_payload(self, variant: Variant) -> dict[str, Any]:
+        """The body this backend gets for ``variant`` (pure; see ``setup.build_payload``)."""
+        return build_payload(variant.payload, self.setup)
 
     async def get_json(self, path: str, *, timeout_s: float = LIST_TIMEOUT_S) -> Any:
         body = await self._request("GET", path, timeout_s=timeout_s, cap_bytes=MAX_LIST_BYTES)
@@ -108,41 +188,33 @@ class WebUIClient:
                         timeout_s: float = LIST_TIMEOUT_S) -> Any:
         body = await self._request("POST", path, payload=payload, timeout_s=timeout_s,
                                    cap_bytes=MAX_LIST_BYTES)
-        return orjson.loads(body) if body.strip() else None
-
-    async def probe_options(self) -> dict[str, Any]:
-        """A cheap health check that works in every mode (``/internal/ping`` is UI-only)."""
-        options = await self.get_json("/sdapi/v1/options", timeout_s=min(30.0, self.spec.timeout_s))
-        if not isinstance(options, dict):
-            raise BadResponseError(f"{self.label}: /sdapi/v1/options is not an object",
-                                   backend=self.label)
-        return options
-
-    async def probe(self) -> Probe:
-        options = await self.probe_options()
-        loaded = options.get("sd_model_checkpoint")
-        return Probe(loaded if isinstance(loaded, str) else None, options)
-
-    async def interrupt(self) -> None:
         try:
-            await self.post_json("/sdapi/v1/interrupt", {}, timeout_s=5)
-        except BackendError as exc:
-            log.warning("could not interrupt %s: %s", self.label, exc)
+            return orjson.loads(body) if body.strip() else None
+        except orjson.JSONDecodeError:
+            raise BadResponseError(f"{self.label}{path} did not answer JSON",
+                                   backend=self.label) from None
 
-    def _params(self, variant: Variant) -> dict[str, Any]:
-        if not self.payload_extras:
-            return variant.payload
-        params = dict(variant.payload)
-        for key, value in self.payload_extras.items():
-            if isinstance(value, dict) and isinstance(params.get(key), dict):
-                params[key] = {**value, **params[key]}
-            else:
-                params.setdefault(key, value)
-        return params
+    async def _wait_turn(self, weight: float) -> None:
+        """Rate limits: wait for this request's start slot (no lock: no await in between)."""
+        now = time.monotonic()
+        slot = max(now, self._next_start_s)
+        if self.pace_s:
+            self._next_start_s = slot + self.pace_s * weight
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def _on_rate_limited(self, wait_s: float) -> None:
+        self._pace_floor_s = self.setup.profile.min_pace_s if self.setup else 0.0
+        self.pace_s = min(MAX_PACE_S, max(self.pace_s * 2, self._pace_floor_s,
+                                          DEFAULT_RETRY_AFTER_S))
+        self._next_start_s = max(self._next_start_s, time.monotonic() + wait_s)
+        log.info("%s asks us to slow down: waiting %.1f s, then one generation every %.1f s",
+                 self.label, wait_s, self.pace_s)
 
     async def _request(self, method: str, path: str, *, payload: Any = None, timeout_s: float,
-                       cap_bytes: int) -> bytes:
+                       cap_bytes: int, weight: float = GET_PACE_SHARE) -> bytes:
         """The choke point: one HTTP exchange, every failure mapped into ``BackendError``."""
+        await self._wait_turn(weight)
         url = self._base + path
         where = f"{self.label} {method} {path}"
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S,
@@ -154,17 +226,27 @@ class WebUIClient:
             headers["Content-Type"] = "application/json"
         try:
             async with self._session.request(method, url, data=data, headers=headers,
-                                             timeout=timeout,
-                                             ssl=self._ssl) as resp:
+                                             timeout=timeout, ssl=self._ssl) as resp:
                 length = resp.content_length
                 if length is not None and length > cap_bytes:
                     raise BadResponseError(f"{where}: response of {length} bytes is over the "
                                            f"{cap_bytes}-byte cap", backend=self.label)
                 body = await _read_capped(resp, cap_bytes, where, self.label)
+                if resp.status == 429:
+                    wait_s = retry_after_s(resp.headers.get("Retry-After"))
+                    wait_s = DEFAULT_RETRY_AFTER_S if wait_s is None else wait_s
+                    self._on_rate_limited(wait_s)
+                    raise HTTPStatusError(
+                        f"{where}: HTTP 429, the server limits its API clients "
+                        f"({error_message(body, resp.reason, status=429)}); retrying after "
+                        f"{wait_s:g} s", backend=self.label, status=429, retry_after_s=wait_s)
                 if resp.status >= 400:
-                    raise HTTPStatusError(f"{where}: HTTP {resp.status}: "
-                                          f"{error_message(body, resp.reason)}",
+                    message = error_message(body, resp.reason, status=resp.status, path=path)
+                    raise HTTPStatusError(f"{where}: HTTP {resp.status}: {message}",
                                           backend=self.label, status=resp.status)
+                if self.pace_s and weight >= 1.0:
+                    eased = self.pace_s * PACE_EASE
+                    self.pace_s = max(self._pace_floor_s, eased if eased > 0.05 else 0.0)
                 return body
         except asyncio.TimeoutError:
             raise RequestTimeout(f"{where}: no complete answer within {timeout_s:g} s "
@@ -201,31 +283,4 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap_bytes: int, where: str,
     return b"".join(chunks)
 
 
-def error_message(body: bytes, reason: str | None = None) -> str:
-    """One readable line from any WebUI error shape (A1111, Forge, SD.Next, FastAPI 422)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body[:300].decode("utf-8", "replace").strip()
-        return text or (reason or "no details")
-    if not isinstance(data, dict):
-        return str(data)[:300]
-    detail = data.get("detail")
-    if isinstance(detail, list):  # FastAPI validation: [{"loc": [...], "msg": ...}]
-        parts = []
-        for item in detail[:5]:
-            if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg")))
-        return "invalid request: " + "; ".join(parts)
-    name = data.get("error")
-    message = data.get("errors") or data.get("message") or (
-        detail if isinstance(detail, str) and detail else None) or data.get("body")
-    if name and message:
-        return f"{name}: {str(message)[:500]}"
-    if message or name:
-        return str(message or name)[:500]
-    return orjson.dumps(data)[:300].decode()
-
-
-BackendClient = WebUIClient  # the old name, until every caller uses WebUIClient
+BackendClient = WebUIClient  # until the callers (runner, cli, api) use the new name

@@ -14,13 +14,15 @@ Pure: bytes in, ``Image`` values out. Rules (see shared/webui-api.md):
 from __future__ import annotations
 
 import binascii
-import re
 from typing import Any
 
 import orjson
 import pybase64
 
-from pipeline.errors import BadResponseError, SubstitutionError
+from pipeline import names
+from pipeline.backends.webui.substitution import (check_substitution, find_substitutions,
+                                                 split_legacy_sampler)
+from pipeline.errors import BadResponseError
 from pipeline.imagebytes import sniff_format
 from pipeline.model import Image, Variant
 
@@ -132,85 +134,13 @@ def _int_list(value: Any) -> list[int] | None:
     return None
 
 
-_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]\s*$")
-_EXT = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf)$", re.IGNORECASE)
-_LEGACY_SCHEDULERS = ("Karras", "Exponential", "SGM Uniform", "Uniform", "Polyexponential",
-                      "Align Your Steps", "Simple", "Normal", "DDIM", "Beta", "KL Optimal")
-
-
-def title_parts(title: str) -> tuple[str, str | None]:
-    """``"dir/name.safetensors [abc123]"`` -> ``("name", "abc123")``."""
-    match = _HASH_SUFFIX.search(title)
-    model_hash = match.group(0).strip().strip("[]") if match else None
-    stem = _EXT.sub("", _HASH_SUFFIX.sub("", title)).replace("\\", "/").rsplit("/", 1)[-1]
-    return stem.strip(), model_hash
-
-
 def checkpoint_matches(asked: str, info: dict[str, Any]) -> bool:
-    """Does what the server reports using match the checkpoint we asked for?
-
-    ``asked`` may be a title ("name.safetensors [hash]"), a model name, a file name, or a hash.
-    Unknown when the server does not report the model (older forks): then it matches.
-    """
-    name = info.get("sd_model_name")
-    model_hash = info.get("sd_model_hash")
-    if not name and not model_hash:
-        return True
-    want = asked.strip()
-    if model_hash and want.lower().startswith(str(model_hash).lower()) and len(want) >= 8:
-        return True
-    hash_in_title = _HASH_SUFFIX.search(want)
-    if hash_in_title and model_hash and str(model_hash).lower() in hash_in_title.group(0).lower():
-        return True
-    if not name:
-        return False
-    # A1111 names a model in a sub-folder "folder_name" (separators become "_").
-    full = _EXT.sub("", _HASH_SUFFIX.sub("", want)).replace("\\", "/").strip("/")
-    spellings = {title_parts(want)[0].lower(), full.replace("/", "_").lower()}
-    return str(name).lower() in spellings
+    """Does the model ``info`` reports (``sd_model_name``/``sd_model_hash``) match ``asked``?"""
+    return names.checkpoint_matches(asked, info.get("sd_model_name"), info.get("sd_model_hash"))
 
 
-def split_legacy_sampler(name: str) -> tuple[str, str] | None:
-    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``; None when there is no such suffix."""
-    for scheduler in _LEGACY_SCHEDULERS:
-        suffix = " " + scheduler
-        if name.lower().endswith(suffix.lower()) and len(name) > len(suffix):
-            return name[: -len(suffix)], scheduler
-    return None
-
-
-def sampler_matches(asked: str, info: dict[str, Any],
-                    aliases: dict[str, str] | None = None) -> bool:
-    """Is the sampler the server reports the one asked for (by name, alias or legacy name)?"""
-    used = info.get("sampler_name")
-    if not used:
-        return True
-    got = str(used).strip().lower()
-    candidates = [asked.strip()]
-    legacy = split_legacy_sampler(asked.strip())  # "DPM++ 2M Karras" = "DPM++ 2M" + Karras
-    if legacy:
-        candidates.append(legacy[0])
-    for want in candidates:
-        resolved = (aliases or {}).get(want.lower(), want)
-        if want.lower() == got or resolved.lower() == got:
-            return True
-    return False
-
-
-def check_substitution(variant: Variant, info: dict[str, Any],
-                       sampler_aliases: dict[str, str] | None = None) -> str | None:
-    """What the server used instead of what was asked, as a model label (or raise)."""
-    asked_model = variant.checkpoint
-    if asked_model and not checkpoint_matches(asked_model, info):
-        raise SubstitutionError(
-            f"asked for checkpoint {asked_model!r} but the server used "
-            f"{info.get('sd_model_name')!r} [{info.get('sd_model_hash')}]: it silently "
-            "replaces checkpoints it does not have; check the name with 'sdbatch check'")
-    asked_sampler = variant.sampler
-    if asked_sampler and not sampler_matches(asked_sampler, info, sampler_aliases):
-        raise SubstitutionError(
-            f"asked for sampler {asked_sampler!r} but the server used "
-            f"{info.get('sampler_name')!r}: it silently replaces unknown samplers; check the "
-            "name with 'sdbatch check'")
-    name = info.get("sd_model_name")
-    return str(name) if name else None
+# The one copy of each rule lives in ``pipeline.names`` and ``substitution``; these names stay
+# importable from here for the callers that used them.
+title_parts = names.title_parts
+__all__ = ["check_substitution", "checkpoint_matches", "decode_image", "find_substitutions",
+           "parse_body", "parse_info", "split_images", "split_legacy_sampler", "title_parts"]
