@@ -49,12 +49,14 @@ _RECORD_TRAILING = ("subseed", "requested_seed", "backend", "created", "attempts
 log = logging.getLogger(__name__)
 
 
-def build_exporters(spec: JobSpec, out_dir: Path, *, plan: expand.Plan | None = None
-                    ) -> list[Exporter]:
+def build_exporters(spec: JobSpec, out_dir: Path, *, plan: expand.Plan | None = None,
+                    fsync: bool = True) -> list[Exporter]:
     """The exporters ``spec.outputs`` asks for, in that order (each once).
 
-    ``plan`` (the run's ``expand.build_plan(spec)``) is built here when not given. Raises
-    ``JobError`` for an unknown ``columns`` entry or a bad ``caption`` template.
+    ``plan`` (the run's ``expand.build_plan(spec)``) is built here when not given. ``fsync``:
+    the sharded formats fsync each shard once before publishing it (the run's ``--no-fsync``
+    turns it off). Raises ``JobError`` for an unknown ``columns`` entry, a bad ``caption`` or
+    ``dataset.tags`` template, or a format that needs pyarrow when it is not installed.
     """
     out_dir = Path(out_dir)
     wanted = list(dict.fromkeys(spec.outputs))
@@ -91,12 +93,14 @@ def build_exporters(spec: JobSpec, out_dir: Path, *, plan: expand.Plan | None = 
             assert caption is not None
             exporters.append(WebDatasetExporter(out_dir, caption=caption,
                                                 columns=record_columns(columns),
-                                                shard_size=spec.dataset.shard_size))
+                                                shard_size=spec.dataset.shard_size,
+                                                fsync=fsync))
         elif name == "parquet":
             from pipeline.outputs.parquet import ParquetExporter
 
             exporters.append(ParquetExporter(out_dir, columns=imagefolder_columns(spec, columns),
-                                             shard_mb=spec.dataset.parquet_shard_mb))
+                                             shard_mb=spec.dataset.parquet_shard_mb,
+                                             fsync=fsync))
         elif name == "kohya":
             tags = None if spec.dataset.tags is None else CaptionTemplate(
                 spec.dataset.tags, columns, source_path=spec.source_path, where="dataset.tags")

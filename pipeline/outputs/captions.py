@@ -120,26 +120,27 @@ class CaptionExporter(Exporter):
     async def on_variant(self, records: list[Record]) -> None:
         rows = [r for r in records if is_dataset_record(r, self.out_dir)]
         if rows:
-            await asyncio.to_thread(self._write_all, rows)
+            await asyncio.to_thread(self._write_all, rows, compare=False)
 
-    def _write_all(self, records: Iterable[Record]) -> set[Path]:
+    def _write_all(self, records: Iterable[Record], *, compare: bool = True) -> set[Path]:
         written: set[Path] = set()
         for record in records:
             path = caption_path(self.out_dir, record["file"], self.suffix)
-            self._write(path, self.template.render(record), record)
+            self._write(path, self.template.render(record), record, compare=compare)
             written.add(path)
         return written
 
-    def _write(self, path: Path, caption: str, record: Record) -> None:
+    def _write(self, path: Path, caption: str, record: Record, *, compare: bool) -> None:
         if not caption:
             log.warning("empty caption for %s (template %r)", record.get("file"),
                         self.template.template)
         data = (caption + "\n").encode("utf-8")
-        try:
-            if path.read_bytes() == data:
-                return
-        except OSError:
-            pass
+        if compare:  # a rebuild leaves alone what is already right
+            try:
+                if path.read_bytes() == data:
+                    return
+            except OSError:
+                pass
         replace_file(path, data, fsync=False)
 
     def rebuild(self) -> None:

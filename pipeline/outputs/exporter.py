@@ -22,14 +22,15 @@ appends are plain appends, because a torn append is repaired by the next ``rebui
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
 
-from pipeline.output.layout import inside
-from pipeline.output.layout import MANIFEST
+from pipeline.errors import OutputError
+from pipeline.output.layout import MANIFEST, TMP_PREFIX, inside
 from pipeline.output.atomic import output_error
 
 Record = dict[str, Any]
@@ -88,6 +89,22 @@ def manifest_samples(out_dir: Path, start: int = 0) -> Iterator[tuple[int, Recor
                 continue
             if isinstance(record, dict) and is_dataset_record(record, out_dir):
                 yield here, record
+
+
+def own_folder(folder: Path) -> None:
+    """Create ``folder`` (an exporter's own, under OUT) and delete its ``.tmp-`` files, the
+    leftovers of a killed run. Refuses a symlink: sdbatch writes only inside OUT."""
+    if folder.is_symlink():
+        raise OutputError(f"{folder} is a symlink; sdbatch writes only inside the output "
+                          "directory. Remove it, then rerun")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(folder):
+            path = folder / name
+            if name.startswith(TMP_PREFIX) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise output_error(exc, folder) from None
 
 
 def append_file(path: Path, data: bytes) -> None:

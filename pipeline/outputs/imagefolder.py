@@ -45,6 +45,7 @@ from pipeline.outputs.exporter import (
     append_file,
     dataset_records,
     is_dataset_record,
+    own_folder,
 )
 from pipeline.output.atomic import output_error, replace_file
 from pipeline.output.layout import TMP_PREFIX
@@ -76,6 +77,7 @@ class ImageFolderExporter(Exporter):
         self._position = 0  # images so far: the next one's place
         self._folder_names: set[str] = set()  # names taken in the current folder
         self._links = True
+        self._made: Path | None = None  # the folder last created
 
     # --- names ------------------------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class ImageFolderExporter(Exporter):
 
     def rebuild(self) -> None:
         self._position, self._folder_names = 0, set()
+        own_folder(self.root)
         replace_file(self.path, self._checked_lines(self._linked(dataset_records(self.out_dir))),
                      fsync=False)
         self._prune_folders()
@@ -159,20 +162,30 @@ class ImageFolderExporter(Exporter):
                 if os.path.samefile(source, target) or (
                         not self._links and _same_bytes(source, target)):
                     return
-        tmp = target.with_name(f"{TMP_PREFIX}{target.name}")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.unlink(missing_ok=True)
+            if target.parent != self._made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._made = target.parent
             if self._links:
                 try:
-                    os.link(source, tmp)
+                    os.link(source, target)  # a new name: atomic as it is
+                    return
+                except FileExistsError:
+                    pass  # replaced below, atomically
                 except OSError as exc:
                     if exc.errno not in _NO_LINKS:
                         raise
                     log.info("%s: no hard links here (%s); copying the images instead",
                              self.root, exc.strerror)
                     self._links = False
-            if not self._links:
+        except OSError as exc:
+            raise output_error(exc, target) from None
+        tmp = target.with_name(f"{TMP_PREFIX}{target.name}")
+        try:
+            tmp.unlink(missing_ok=True)
+            if self._links:
+                os.link(source, tmp)
+            else:
                 shutil.copyfile(source, tmp)
             os.replace(tmp, target)
         except OSError as exc:

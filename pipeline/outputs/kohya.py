@@ -30,6 +30,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import orjson
 
@@ -67,6 +68,7 @@ class KohyaExporter(Exporter):
         self.path = self.out_dir / METADATA
         self._size = -1  # of meta_cap.json as last written (-1: unknown, rebuild first)
         self._entries = 0
+        self._handle: BinaryIO | None = None  # meta_cap.json, open between variants
 
     def entry(self, record: Record) -> bytes:
         value = {"caption": self.caption.render(record)}
@@ -88,6 +90,9 @@ class KohyaExporter(Exporter):
         self._size = size + (len(_CLOSE) if entries else 2)
 
     def rebuild(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         self.captions.rebuild()
         replace_file(self.path, self._document(dataset_records(self.out_dir)), fsync=False)
         log.debug("rebuilt %s (%d entries)", self.path, self._entries)
@@ -108,11 +113,16 @@ class KohyaExporter(Exporter):
         else:
             at, data = len(_OPEN), body + _CLOSE
         try:
-            with self.path.open("r+b") as handle:
-                handle.seek(at)
-                handle.write(data)
-                handle.truncate()
+            if self._handle is None:
+                self._handle = self.path.open("r+b", buffering=0)
+            self._handle.seek(at)
+            self._handle.write(data)
         except OSError as exc:
             raise output_error(exc, self.path) from None
         self._size = at + len(data)
         self._entries += len(rows)
+
+    async def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

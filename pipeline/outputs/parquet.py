@@ -50,12 +50,12 @@ class ParquetExporter(ShardedExporter):
     folder_name = FOLDER
 
     def __init__(self, out_dir: Path, *, columns: list[Column],
-                 shard_mb: int = DEFAULT_SHARD_MB) -> None:
+                 shard_mb: int = DEFAULT_SHARD_MB, fsync: bool = True) -> None:
         self.table = Table(tuple(columns), image=True)
         self.shard_mb = shard_mb
         super().__init__(out_dir, ShardRule(max_bytes=shard_mb << 20),
                          {"format": "parquet/1", "shard_mb": shard_mb,
-                          "columns": self.table.signature()})
+                          "columns": self.table.signature()}, fsync=fsync)
 
     def open_writer(self, number: int) -> ShardWriter:
         return _ParquetShard(self, number)
@@ -80,6 +80,7 @@ class ParquetExporter(ShardedExporter):
 class _ParquetShard(ShardWriter):
     def __init__(self, exporter: ParquetExporter, number: int) -> None:
         (self.final,) = exporter.shard_files(number)
+        self.fsync = exporter.fsync
         self.tmp = tmp_path(self.final)
         self.rows = ParquetStream(self.tmp, exporter.table, group_rows=GROUP_ROWS,
                                   group_bytes=GROUP_BYTES)
@@ -89,7 +90,8 @@ class _ParquetShard(ShardWriter):
 
     def publish(self, fingerprint: str) -> int:
         try:
-            size = self.rows.close({"fingerprint": fingerprint, "count": self.rows.rows})
+            size = self.rows.close({"fingerprint": fingerprint, "count": self.rows.rows},
+                                   fsync=self.fsync)
         except BaseException:
             self.rows.abort()
             raise

@@ -41,6 +41,7 @@ from pipeline.outputs.exporter import (
     Record,
     is_dataset_record,
     manifest_samples,
+    own_folder,
 )
 from pipeline.output.atomic import output_error, replace_file
 from pipeline.output.layout import TMP_PREFIX, now_iso
@@ -121,8 +122,10 @@ class ShardedExporter(Exporter):
 
     folder_name: str  # under OUT
 
-    def __init__(self, out_dir: Path, rule: ShardRule, settings: Any) -> None:
+    def __init__(self, out_dir: Path, rule: ShardRule, settings: Any, *,
+                 fsync: bool = True) -> None:
         super().__init__(out_dir)
+        self.fsync = fsync  # each shard's files, once, before they are renamed
         self.folder = self.out_dir / self.folder_name
         self.rule = rule
         # Changing a setting (shard size, caption template, columns) rewrites every shard.
@@ -163,10 +166,7 @@ class ShardedExporter(Exporter):
         self._chunk, self._next_number, self._closed = None, 0, False
         self._chunk_published = None
         self._published = {"shards": 0, "count": 0, "bytes": 0, "shard_bytes": 0}
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise output_error(exc, self.folder) from None
+        own_folder(self.folder)
         rewritten = 0
         chunk: Chunk | None = None
         for offset, record in manifest_samples(self.out_dir):
@@ -305,14 +305,14 @@ class ShardedExporter(Exporter):
                               "redoes variants whose images are missing") from None
 
     def _write_stats(self) -> None:
-        """``_stats.json``: what the published shards hold (img2dataset's fields first)."""
+        """``_stats.json``: what the published shards hold (img2dataset's fields first);
+        written when a shard is published, at rebuild and at close."""
         p = self._published
-        in_progress = self._chunk.count if self._writer is not None and self._chunk else 0
         stats = {"count": p["count"], "successes": p["count"], "failed_to_download": 0,
                  "failed_to_resize": 0, "status_dict": {"success": p["count"]},
                  "shards": p["shards"], "image_bytes": p["bytes"],
-                 "shard_bytes": p["shard_bytes"], "in_progress": in_progress,
-                 "format": self.name, "updated": now_iso(), **self.stats_extra()}
+                 "shard_bytes": p["shard_bytes"], "format": self.name, "updated": now_iso(),
+                 **self.stats_extra()}
         replace_file(self.folder / STATS_FILE,
                      orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n", fsync=False)
 

@@ -150,15 +150,16 @@ class ParquetStream:
         self._columns = [[] for _ in self._schema.names]
         self._pending_bytes = 0
 
-    def close(self, metadata: dict[str, Any]) -> int:
+    def close(self, metadata: dict[str, Any], *, fsync: bool = True) -> int:
         """Write what is buffered and the footer (with ``metadata`` under ``sdbatch``), fsync;
         returns the file's size."""
         self._flush()
         try:
             self._writer.add_key_value_metadata({META_KEY: orjson.dumps(metadata).decode()})
             self._writer.close()
-            with self.path.open("rb+") as handle:
-                os.fsync(handle.fileno())
+            if fsync:
+                with self.path.open("rb+") as handle:
+                    os.fsync(handle.fileno())
             return self.path.stat().st_size
         except OSError as exc:
             raise output_error(exc, self.path) from None
