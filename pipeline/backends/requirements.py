@@ -16,6 +16,7 @@ ask for, and every ``override_settings`` key any variant sets, from the plan's p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,20 +98,90 @@ def job_requirements(plan: expand.Plan) -> Requirements:
             if isinstance(frag.get(key), str):
                 loras.update(t.name for t in names.lora_tags(frag[key]))
     for template in plan.templates:
-        if template.node is None:
-            loras.update(t.name for t in names.lora_tags(template.text))
-            continue
-        pieces = list(_literals(template.node, plan.wildcards))
-        if any(names.has_open_tag(p) for p in pieces):
-            if templates.count(template.node, plan.wildcards) > EXPAND_LIMIT:
-                exact = False
-            else:
-                for text in templates.expand(template.node, plan.wildcards):
-                    loras.update(t.name for t in names.lora_tags(text))
-        for piece in pieces:
-            loras.update(t.name for t in names.lora_tags(piece))
+        tags, complete = template_tags(plan, template)
+        loras.update(t.name for t in tags)
+        exact = exact and complete
     return Requirements({k: frozenset(v) for k, v in found.items()}, exact,
                         frozenset(override_keys))
+
+
+def template_tags(plan: expand.Plan, template: Any) -> tuple[list[names.NetworkTag], bool]:
+    """Every LoRA tag a template can write (walked; expanded only when a tag is split across its
+    parts), and whether that is complete (False: too large to expand)."""
+    if template.node is None:
+        return names.lora_tags(template.text), True
+    pieces = list(_literals(template.node, plan.wildcards))
+    tags = [t for piece in pieces for t in names.lora_tags(piece)]
+    if not any(names.has_open_tag(p) for p in pieces):
+        return tags, True
+    if templates.count(template.node, plan.wildcards) > EXPAND_LIMIT:
+        return tags, False
+    for text in templates.expand(template.node, plan.wildcards):
+        tags += names.lora_tags(text)
+    return tags, True
+
+
+NAME_KEYS = (CHECKPOINT_KEY, "sampler_name", "scheduler", VAE_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class NameCombo:
+    """One combination of the names a request can use together (what ``check --probe`` tries)."""
+
+    checkpoint: str | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    vae: str | None = None
+    loras: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"{k} {v}" for k, v in (("checkpoint", self.checkpoint),
+                                           ("sampler", self.sampler),
+                                           ("scheduler", self.scheduler), ("VAE", self.vae)) if v]
+        parts += [f"LoRA {n}" for n in self.loras]
+        return ", ".join(parts) or "the backend's defaults"
+
+
+def name_combinations(plan: expand.Plan) -> list[NameCombo]:
+    """The distinct checkpoint/sampler/scheduler/VAE/LoRA combinations the job uses, from the
+    plan: per template, the product of only the axes that set one of those names. A template's
+    own LoRA tags (those with a non-zero weight) go into every one of its combinations."""
+    defaults = _flat(plan.spec.defaults)
+    dims: list[list[tuple[dict[str, Any], tuple[str, ...]]]] = []
+    for axis in plan.axes:
+        if axis.kind == "lora":
+            dims.append([({}, ()) if v is None else ({}, (v[0],) if float(v[1] or 0) else ())
+                         for v in axis.values])
+        elif axis.kind == "replace":
+            rows = [({}, tuple(t.name for t in names.lora_tags(str(v)) if t.active))
+                    for v in axis.values]
+            if any(r[1] for r in rows):
+                dims.append(rows)
+        else:
+            axis_rows = _axis_rows(axis) or []
+            projected = [{k: r[k] for k in NAME_KEYS if k in r} for r in axis_rows]
+            if any(projected):
+                dims.append([(p, ()) for p in projected])
+    out: dict[NameCombo, None] = {}
+    for template, overrides in zip(plan.templates, (_flat(t.overrides) for t in plan.templates)):
+        base = {k: overrides.get(k, defaults.get(k)) for k in NAME_KEYS}
+        own = tuple(dict.fromkeys(t.name for t in template_tags(plan, template)[0] if t.active))
+        for choice in itertools.product(*dims):
+            values = dict(base)
+            loras = list(own)
+            for fields, tagged in choice:
+                values.update(fields)
+                loras += tagged
+            vae = values.get(VAE_KEY)
+            out[NameCombo(_text(values.get(CHECKPOINT_KEY)), _text(values.get("sampler_name")),
+                          _text(values.get("scheduler")),
+                          None if vae is None or str(vae).lower() in NO_VAE else str(vae),
+                          tuple(sorted(set(loras))))] = None
+    return list(out)
+
+
+def _text(value: Any) -> str | None:
+    return None if value in (None, "") or isinstance(value, (dict, list)) else str(value)
 
 
 # --- plan parts --------------------------------------------------------------------------------

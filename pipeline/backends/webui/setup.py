@@ -79,6 +79,9 @@ class ClientSetup:
 
 
 AUTOMATIC_VAES = frozenset({"automatic", "none", ""})
+# Options the server reads when it encodes images[], after it restored the overrides.
+ENCODE_TIME_OPTIONS = frozenset({"samples_format", "jpeg_quality", "webp_lossless",
+                                 "enable_pnginfo", "export_for_4chan"})
 
 
 def build_payload(payload: dict[str, Any], setup: ClientSetup | None) -> dict[str, Any]:
@@ -117,8 +120,10 @@ def build_payload(payload: dict[str, Any], setup: ClientSetup | None) -> dict[st
         overrides.setdefault(key, value)
     if overrides:
         params["override_settings"] = overrides
-        if overrides.get("sd_model_checkpoint"):
-            # as expand does for checkpoint variants: restoring costs a second load per request
+        if overrides.get("sd_model_checkpoint") or ENCODE_TIME_OPTIONS.intersection(overrides):
+            # A checkpoint: restoring costs a second load per request (expand does the same).
+            # An encoding option: the server encodes images[] *after* restoring, so with restore
+            # on, samples_format: jpg gives PNGs. Every key is pinned anyway, so none leaks.
             params.setdefault("override_settings_restore_afterwards", False)
     for key, value in setup.payload_extras.items():
         if isinstance(value, dict) and isinstance(params.get(key), dict):

@@ -77,7 +77,8 @@ def reported(info: dict[str, Any], text: str | None) -> Reported:
             n.lower() for n in infotexts.parse_pairs(str(lora_text) if lora_text else None))
     else:
         loras = None
-    modules = tuple(v for k, v in params.items() if k.startswith("Module ") and v)
+    modules = tuple(v for k, v in params.items() if k.startswith("Module ") and v) \
+        if "Module 1" in params else ()
     return Reported(
         model=pick("Model", info.get("sd_model_name")),
         model_hash=pick("Model hash", info.get("sd_model_hash")),
