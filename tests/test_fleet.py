@@ -422,6 +422,64 @@ async def test_a_hard_stop_hands_in_flight_work_back_uncounted(
     await queue.close()
 
 
+async def test_img2img_inputs_travel_through_the_store(
+        redis_server: RedisServer, tmp_path: Path, write_job: Any) -> None:
+    from PIL import Image as PILImage
+
+    from pipeline.fleet.collect import collect
+    from pipeline.fleet.submit import submit
+    from pipeline.sim import SimConfig, start_sim
+
+    (tmp_path / "inputs").mkdir()
+    for i, colour in enumerate(["red", "blue"]):
+        PILImage.new("RGB", (64, 64), colour).save(tmp_path / "inputs" / f"in{i}.png")
+    spec = load_job(write_job("""
+endpoint: img2img
+defaults: {width: 64, height: 64, denoising_strength: 0.4}
+prompts: ["a painting"]
+matrix: {init_images: ["inputs/*.png"]}
+seeds: [3]
+"""))
+    queue = Queue(parse_queue_url(redis_server.url), patience_s=10)
+    shared = tmp_path / "shared"
+    summary = await submit(queue, spec, parse_store_url(str(shared)))
+    assert summary.inputs_uploaded == 2 and len(list((shared / "inputs").iterdir())) == 2
+    (tmp_path / "inputs" / "in0.png").rename(tmp_path / "elsewhere.png")  # not on the agent
+    async with await start_sim(SimConfig()) as sim:
+        agent, task = await _run_agent(queue, sim.url, exit_when_done=True)
+        await asyncio.wait_for(task, 60)
+    assert agent.stats.done == 2
+    result = await collect(queue, summary.job, tmp_path / "out")
+    assert result.collected == 2
+    refs = [r["params"]["init_images"][0] for r in read_manifest(tmp_path / "out")]
+    # the records name the job's input files, not the agent's copies
+    assert sorted(Path(r["$file"]).name for r in refs) == ["in0.png", "in1.png"]
+    assert all(str(tmp_path / "inputs") in r["$file"] for r in refs)
+    await queue.close()
+
+
+async def test_a_graceful_stop_finishes_work_in_flight(
+        redis_server: RedisServer, tmp_path: Path, write_job: Any) -> None:
+    from pipeline.fleet.submit import submit
+    from pipeline.sim import SimConfig, start_sim
+
+    spec = load_job(write_job(JOB))
+    queue = Queue(parse_queue_url(redis_server.url), patience_s=10)
+    summary = await submit(queue, spec, parse_store_url(str(tmp_path / "shared")), lease_s=30)
+    async with await start_sim(SimConfig(latency_s=0.5)) as sim:
+        agent, task = await _run_agent(queue, sim.url, grace_s=20.0)
+        deadline = time.monotonic() + 20
+        while sim.stats.in_flight == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        agent.request_stop()
+        await asyncio.wait_for(task, 20)
+        assert sim.stats.generations == 1
+    counts = await queue.counts(summary.job)
+    assert (counts.done, counts.leased, counts.queued) == (1, 0, summary.job.total - 1)
+    assert len(list((tmp_path / "shared" / "records").iterdir())) == 1
+    await queue.close()
+
+
 async def test_s3_store_roundtrip(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
                                   ) -> None:
     from pipeline.fleet import objstore
@@ -458,9 +516,9 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def _agent(queue_url: str, backend: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "agent", "--queue", queue_url, "--backend", backend,
+        [sys.executable, "-m", "pipeline", "-v", "agent", "--queue", queue_url, "--backend", backend,
          "--exit-when-done", "--heartbeat-s", "0.5", "--poll-s", "0.2", "--grace-s", "5",
-         "--patience-s", "60", "-q"],
+         "--patience-s", "60", "--progress-interval-s", "2"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
@@ -470,6 +528,11 @@ def _wait(check: Any, what: str, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def _record_count(s3: S3Server, bucket: str) -> int:
+    page = s3.client().list_objects_v2(Bucket=bucket, Prefix="job/records/")  # type: ignore
+    return int(page.get("KeyCount", 0))
 
 
 def _records(s3: S3Server, bucket: str) -> dict[str, dict[str, Any]]:
@@ -509,6 +572,7 @@ def test_fleet_of_agent_processes_survives_kills_joins_and_a_redis_restart(
         submitted = json.loads(done.stdout)
         assert (submitted["enqueued"], submitted["total"]) == (total, total)
         assert s3_server.ACCESS_KEY not in done.stdout + done.stderr
+        started = time.monotonic()
         agents = [_agent(redis.url, s.url, env, logs / f"agent{i}.log")
                   for i, s in enumerate(sims[:3])]
 
@@ -522,10 +586,11 @@ def test_fleet_of_agent_processes_survives_kills_joins_and_a_redis_restart(
         agents.append(_agent(redis.url, sims[3].url, env, logs / "agent3.log"))
         _wait(lambda: sims[3].stats()["generations"] >= 1, "the new agent to take work")
         # 3. Redis crashes and comes back (append-only file, fsync always)
-        _wait(lambda: len(_records(s3_server, bucket)) >= total // 2, "half the work")
+        _wait(lambda: _record_count(s3_server, bucket) >= total // 2, "half the work")
         redis.restart(kill=True, down_s=0.5)
         for agent in agents[1:]:
             assert agent.wait(timeout=120) == 0, (logs / "agent1.log").read_text()
+        print(f"fleet: {total} variants in {time.monotonic() - started:.1f} s")
         records = _records(s3_server, bucket)
         status = _cli("status", "--queue", redis.url, "--json", env=env)
         assert status.returncode == 0, status.stderr
@@ -536,8 +601,8 @@ def test_fleet_of_agent_processes_survives_kills_joins_and_a_redis_restart(
         collected = _cli("collect", "--queue", redis.url, "--out", str(out), "--json", env=env)
         assert collected.returncode == 0, collected.stderr
         local = tmp_path / "local"
-        ran = _cli("run", str(job_path), "--backend", sims[1].url, "--out", str(local), "-q",
-                   env=env)
+        ran = _cli("run", str(job_path), *[a for s in sims for a in ("--backend", s.url)],
+                   "--out", str(local), "-q", env=env)
         assert ran.returncode == 0, ran.stderr
     finally:
         for agent in agents:
@@ -573,6 +638,37 @@ def test_fleet_of_agent_processes_survives_kills_joins_and_a_redis_restart(
         out / "run.json").read_text()
 
 
+@pytest.mark.slow
+def test_agent_process_on_sigterm_finishes_in_flight_and_exits_0(
+        tmp_path: Path, sim: Any, redis_server: RedisServer, write_job: Any) -> None:
+    backend = sim(latency_s=1.0)
+    env = child_env()
+    job = write_job(JOB)
+    store = tmp_path / "shared"
+    done = _cli("submit", str(job), "--queue", redis_server.url, "--out", str(store), env=env)
+    assert done.returncode == 0, done.stderr
+    log = tmp_path / "agent.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "agent", "--queue", redis_server.url, "--backend",
+         backend.url, "--grace-s", "30"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"))
+    try:
+        _wait(lambda: backend.stats()["in_flight"] == 1, "a generation to start")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=10)
+    assert backend.stats()["generations"] == len(list((store / "records").iterdir())) >= 1
+    status = json.loads(_cli("status", "--queue", redis_server.url, "--json", env=env).stdout)
+    (job_status,) = status["jobs"]
+    assert job_status["leased"] == 0 and job_status["done"] >= 1
+    (beat,) = status["agents"]
+    assert beat["state"] == "stopped"
+    assert "finishing work in flight" in log.read_text()
+
+
 def ran_generations(sims: list[Any], local: Path) -> int:
-    """Generations the local comparison run made (all on one simulator)."""
+    """Generations the local comparison run made (on the same simulators)."""
     return len(read_manifest(local))

@@ -434,7 +434,9 @@ class Agent:
                                  f"{job.meta.max_deliveries}): the agents that had it died or "
                                  "stalled")
                 return
-            if await self._store_call(job, lambda: job.store.exists(record_key(lease.variant.id))):
+            # Delivered before (an agent died or stalled after writing?): is it done already?
+            if lease.deliveries > 1 and await self._store_call(
+                    job, lambda: job.store.exists(record_key(lease.variant.id))):
                 if await self.queue.ack(lease, images=0, found_stored=True):
                     self.stats.found_stored += 1
                 return
