@@ -443,8 +443,8 @@ class Agent:
             await self._generate(slot, job, lease)
         except _Stop:
             await self._hand_back(lease, counted=False)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
+        except BaseException:  # cancelled (stop after the grace period), or the store/queue
+            with contextlib.suppress(Exception):  # failed for good: let others have it now
                 await asyncio.shield(self._hand_back(lease, counted=False))
             raise
         finally:
