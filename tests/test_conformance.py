@@ -186,8 +186,9 @@ seeds: [5]
 """
 
 
-def test_no_setting_leaks_between_variants(sim, write_job, tmp_path: Path) -> None:
-    backend = sim(profile="forge", models=MODELS)
+@pytest.mark.parametrize("profile", ["forge", "a1111"])
+def test_no_setting_leaks_between_variants(sim, write_job, tmp_path: Path, profile: str) -> None:
+    backend = sim(profile=profile, models=MODELS)
     job = write_job(LEAKY_JOB.format(url=backend.url))
     out = tmp_path / "out"
     assert main(["run", str(job), "--out", str(out), "--quiet", "--no-fsync"]) == 0
@@ -230,6 +231,16 @@ async def test_an_answer_to_a_request_we_interrupted_is_never_images(sim) -> Non
         assert (await client.generate(_variant({}))).images  # later requests are fine
         client.mark_interrupted()  # an interrupt made by other means, between requests
         assert (await client.generate(_variant({}))).images
+
+
+async def test_interrupt_is_best_effort(sim) -> None:
+    backend = sim(profile="forge", models=MODELS)
+    url = backend.url
+    backend.stop()
+    async with aiohttp.ClientSession() as session:
+        client = WebUIClient(session, BackendSpec(url=url))
+        await client.interrupt()  # the server is gone: logged, never raised
+        assert client.interrupted_during(0.0, float("inf"))
 
 
 async def test_sdnext_429_carries_retry_after_and_slows_the_client(sim) -> None:

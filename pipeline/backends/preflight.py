@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,8 @@ __all__ = ["BackendInfo", "ClientSetup", "Finding", "Requirements", "Verdict", "
            "router", "setup_for", "variant_needs"]
 
 V1 = "/sdapi/v1"
+RATE_LIMIT_TRIES = 4
+MAX_RATE_WAIT_S = 30.0
 LISTINGS = ("sd-models", "samplers", "schedulers", "loras", "sd-vae", "sd-modules", "scripts",
             "embeddings")
 # Options that make the infotext show what the response check reads; pinned on when off.
@@ -96,17 +98,17 @@ async def inspect_backend(client: WebUIClient) -> BackendInfo:
     """Ask one backend for its options and lists, one request at a time."""
     label = client.label
     try:
-        probe = await client.probe()
+        probe = await _patiently(client.probe)
     except HTTPStatusError as exc:
-        return BackendInfo(label, reachable=exc.status != 401, error=str(exc),
-                           auth_rejected=exc.status == 401)
+        return BackendInfo(label, reachable=False, error=str(exc),
+                           auth_rejected=exc.status in (401, 403))
     except BackendError as exc:
         return BackendInfo(label, reachable=False, error=str(exc))
 
     async def listing(path: str) -> Any:
         """A list the server may not have (404 on older versions and forks): None if absent."""
         try:
-            return await client.get_json(path)
+            return await _patiently(lambda: client.get_json(path))
         except BackendError:
             return None
 
@@ -116,6 +118,19 @@ async def inspect_backend(client: WebUIClient) -> BackendInfo:
     if not any(str(k).startswith("forge_") for k in answers["options"]):
         answers["version"] = await listing(f"{V1}/version")  # SD.Next only
     return describe_backend(label, answers)
+
+
+async def _patiently(ask: Callable[[], Awaitable[Any]]) -> Any:
+    """``ask()``, waiting out a rate limit (SD.Next's 429) up to a few times: a list lost to a
+    429 would make every name of its kind unknowable, and so accepted."""
+    for attempt in range(RATE_LIMIT_TRIES):
+        try:
+            return await ask()
+        except HTTPStatusError as exc:
+            if not exc.rate_limited or attempt == RATE_LIMIT_TRIES - 1:
+                raise
+            await asyncio.sleep(min(exc.retry_after_s or 1.0, MAX_RATE_WAIT_S))
+    raise AssertionError("unreachable")
 
 
 def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
@@ -128,7 +143,8 @@ def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
     version_answer = answers.get("version")
     version = None
     if isinstance(version_answer, dict):
-        version = str(version_answer.get("version") or version_answer.get("hash") or "") or None
+        version = str(version_answer.get("version") or version_answer.get("updated")
+                      or version_answer.get("hash") or "") or None
     names_: dict[str, frozenset[str]] = {}
     shown: dict[str, tuple[str, ...]] = {}
 

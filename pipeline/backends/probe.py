@@ -54,6 +54,7 @@ class ProbeFinding:
     substituted: tuple[str, ...] = ()
     error: str = ""
     elapsed_s: float = 0.0
+    version: str | None = None  # info.version: "f2..." is Forge (kinds.detect_kind)
 
     @property
     def ok(self) -> bool:
@@ -151,4 +152,6 @@ async def _try(client: WebUIClient, combo: NameCombo) -> ProbeFinding:
         return ProbeFinding(client.label, combo, error=str(exc),
                             elapsed_s=time.monotonic() - started)
     found = find_substitutions(params, info, images, client.setup)
-    return ProbeFinding(client.label, combo, tuple(str(m) for m in found), elapsed_s=elapsed_s)
+    version = info.get("version")
+    return ProbeFinding(client.label, combo, tuple(str(m) for m in found), elapsed_s=elapsed_s,
+                        version=str(version) if version else None)
