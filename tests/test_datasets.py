@@ -77,6 +77,13 @@ async def write_run(out: Path, spec: JobSpec, variants: Records, *, close: bool 
     return exporters
 
 
+def rebuild(spec: JobSpec, out: Path) -> None:
+    """A run's start and end with nothing to add: rebuild, then close."""
+    for e in build_exporters(spec, out, fsync=False):
+        e.rebuild()
+        asyncio.run(e.close())
+
+
 def crash(out: Path) -> None:
     """What a restart finds after kill -9: the store deletes every temporary file."""
     for tmp in out.rglob(f"{TMP_PREFIX}*"):
@@ -138,6 +145,7 @@ def synth(tmp_path: Path) -> tuple[Path, Records]:
 
 async def test_webdataset_read_back_by_webdataset_and_pyarrow(synth) -> None:
     out, variants = synth
+    variants[1][0]["params"]["init_images"] = ["iVBORw0KGgo" * 100]  # an img2img input
     spec = dataset_spec(["webdataset", "captions"], shard_size=5)
     await write_run(out, spec, variants)
     samples = assert_every_sample_once(out, 5)
@@ -150,6 +158,7 @@ async def test_webdataset_read_back_by_webdataset_and_pyarrow(synth) -> None:
         # the caption is the caption template's, as the captions output writes it
         assert sample["txt"] + "\n" == (out / record["file"]).with_suffix(".txt").read_text()
         assert sample["json"]["caption"] == sample["txt"]
+        assert "init_images" not in sample["json"]["params"]  # inputs stay in the sidecar
     table = pa.dataset.dataset(sorted(map(str, (out / "webdataset").glob("[0-9]*.parquet"))),
                                format="parquet").to_table()
     assert table.num_rows == JOB_IMAGES
@@ -186,7 +195,7 @@ async def test_webdataset_rebuild_and_appends_give_the_same_bytes(synth, tmp_pat
     appended = {p.name: p.read_bytes() for p in (out / "webdataset").glob("0*")}
     for path in (out / "webdataset").glob("0*"):
         path.unlink()
-    build_exporters(spec, out)[0].rebuild()
+    await asyncio.to_thread(rebuild, spec, out)
     assert {p.name: p.read_bytes() for p in (out / "webdataset").glob("0*")} == appended
 
 
@@ -220,7 +229,7 @@ async def test_webdataset_crash_while_publishing_and_damaged_shards_are_rebuilt(
     (folder / "00009.tar").write_bytes(clean["00000.tar"])
     (folder / "00009.parquet").write_bytes(clean["00000.parquet"])
     untouched = (folder / "00003.tar").stat().st_mtime_ns
-    build_exporters(spec, out)[0].rebuild()
+    await asyncio.to_thread(rebuild, spec, out)
     assert {p.name: p.read_bytes() for p in folder.glob("0*")} == clean
     assert (folder / "00003.tar").stat().st_mtime_ns == untouched  # whole shards are kept
     assert_every_sample_once(out, 5)
@@ -239,12 +248,37 @@ async def test_webdataset_clean_stop_then_resume_grows_the_last_shard(synth) -> 
     assert len(assert_every_sample_once(out, 5)) == JOB_IMAGES
 
 
+async def test_webdataset_after_a_crash_a_smaller_last_shard_stays_only_if_it_is_a_prefix(
+        synth) -> None:
+    out, variants = synth
+    spec = dataset_spec(["webdataset"], shard_size=5)
+    await write_run(out, spec, variants[:7])  # a clean stop: shard 00001 holds samples 5, 6
+    await write_run(out, spec, variants[7:9], close=False)  # then 7, 8 and kill -9
+    crash(out)
+    exporter = build_exporters(spec, out)[0]
+    exporter.rebuild()  # shard 00001 (5..8) is written again; the published 5, 6 stay
+    samples = read_webdataset(out)
+    assert len(samples) == 7 and (out / "webdataset" / ".tmp-00001.tar").is_file()
+    await exporter.close()
+    assert len(assert_every_sample_once(out, 5)) == 9
+    # The manifest loses sample 4 (its variant to be redone, say): every later sample moves
+    # up one place, the published 00001 no longer holds the shard's first samples, so it goes
+    # at once (sample 5 is in 00000 now, never in two shards).
+    lines = (out / MANIFEST).read_bytes().splitlines(keepends=True)
+    (out / MANIFEST).write_bytes(b"".join(lines[:5] + lines[6:]))
+    exporter = build_exporters(spec, out)[0]
+    exporter.rebuild()
+    assert len(read_webdataset(out)) == 5
+    await exporter.close()
+    assert len(assert_every_sample_once(out, 5)) == 8
+
+
 async def test_webdataset_settings_change_rewrites_the_shards(synth) -> None:
     out, variants = synth
     await write_run(out, dataset_spec(["webdataset"], shard_size=5), variants)
     spec = spec_from(outputs=["webdataset"], dataset=DatasetSpec(shard_size=10),
                      caption="photo, {prompt}")
-    build_exporters(spec, out)[0].rebuild()
+    await asyncio.to_thread(rebuild, spec, out)
     samples = assert_every_sample_once(out, 10)
     assert [p.name for p in tars(out)] == ["00000.tar", "00001.tar", "00002.tar"]
     assert all(s["txt"].startswith(b"photo, ") for s in samples)
@@ -284,14 +318,13 @@ def peak_bytes(out: Path, spec: JobSpec, variants: Records) -> tuple[int, int]:
         for e in exporters:
             await e.close()
 
-    def rebuild() -> None:
+    def rebuild_all() -> None:
         for tar in (out / "webdataset").glob("0000[1-9].*"):
             tar.unlink()
-        for e in build_exporters(spec, out, fsync=False):
-            e.rebuild()
+        rebuild(spec, out)
 
     peaks = []
-    for step in (lambda: asyncio.run(write()), rebuild):
+    for step in (lambda: asyncio.run(write()), rebuild_all):
         gc.collect()
         tracemalloc.start()
         try:
@@ -398,7 +431,9 @@ async def test_imagefolder_folders_stay_under_the_hub_limit_and_load(
     out, variants = synth
     monkeypatch.setattr("pipeline.outputs.imagefolder.FILES_PER_FOLDER", 5)
     spec = dataset_spec(["imagefolder"])
+    (out / "metadata.jsonl").write_bytes(b"{}\n")  # where an older sdbatch wrote it
     await write_run(out, spec, variants[:11])
+    assert not (out / "metadata.jsonl").exists()
     crash(out)
     await write_run(out, spec, variants[11:])
     folders = sorted((out / "imagefolder" / "images").iterdir())

@@ -118,6 +118,10 @@ class ImageFolderExporter(Exporter):
     def rebuild(self) -> None:
         self._position, self._folder_names = 0, set()
         own_folder(self.root)
+        legacy = self.out_dir / METADATA  # where sdbatch wrote it before the folder had its own
+        if legacy.is_file() and not legacy.is_symlink():
+            legacy.unlink()
+            log.info("removed %s: the imagefolder dataset is now %s", legacy, self.root)
         replace_file(self.path, self._checked_lines(self._linked(dataset_records(self.out_dir))),
                      fsync=False)
         self._prune_folders()

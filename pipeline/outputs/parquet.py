@@ -24,10 +24,12 @@ from typing import Any
 from pipeline.outputs.columns import Column
 from pipeline.outputs.exporter import Record
 from pipeline.outputs.shards import (
+    Published,
     ShardedExporter,
     ShardRule,
     ShardWriter,
     publish_file,
+    published_from,
     shard_numbers,
     tmp_path,
 )
@@ -63,12 +65,10 @@ class ParquetExporter(ShardedExporter):
     def shard_files(self, number: int) -> list[Path]:
         return [self.folder / file_name(number)]
 
-    def published_fingerprint(self, number: int) -> tuple[str, int] | None:
+    def published(self, number: int) -> Published | None:
         (path,) = self.shard_files(number)
         meta = read_sdbatch_metadata(path) if path.is_file() else None
-        if meta is None or not isinstance(meta.get("fingerprint"), str):
-            return None
-        return meta["fingerprint"], path.stat().st_size
+        return None if meta is None else published_from(meta, path.stat().st_size)
 
     def published_numbers(self) -> list[int]:
         return list(shard_numbers(self.folder, ".parquet"))
@@ -88,10 +88,9 @@ class _ParquetShard(ShardWriter):
     def add(self, index: int, record: Record, image: bytes) -> None:
         self.rows.add(record, image=image, image_path=PurePosixPath(record["file"]).name)
 
-    def publish(self, fingerprint: str) -> int:
+    def publish(self, metadata: dict[str, Any]) -> int:
         try:
-            size = self.rows.close({"fingerprint": fingerprint, "count": self.rows.rows},
-                                   fsync=self.fsync)
+            size = self.rows.close(metadata, fsync=self.fsync)
         except BaseException:
             self.rows.abort()
             raise

@@ -8,12 +8,18 @@ keys, and a sample is in exactly one shard, once.
 Each published shard carries a fingerprint: a hash of the format's settings and of its samples'
 ``(id, image_index, file, sha256)`` in order. ``rebuild()`` streams the manifest once, keeping
 only the current shard's running hash: a shard whose published fingerprint matches is kept as it
-is, any other is written again, shards past the end are removed. The last, partial shard is
-published too, so after ``rebuild()`` the published shards hold exactly the manifest's samples
-(after a crash it never was: its temporary file is gone, the store deletes ``.tmp-`` files at
-start). When the next sample arrives the last shard is reopened: its samples are read again from
-the manifest and the image files (at most one shard of reads) into a new temporary file, which
-is published when the shard is full or at ``close()``, replacing the smaller one.
+is, any other is written again, shards past the end are removed. The last, partial shard:
+
+- published and matching (the last run stopped cleanly): kept; when the next sample arrives it
+  is reopened, its samples read again from the manifest and the image files (at most one shard
+  of reads) into a new temporary file;
+- otherwise (a crash: it was never published, or only a smaller version of it): written again
+  into its temporary file at once. A smaller published version that holds the first samples
+  stays visible until it is replaced; any other is removed.
+
+Either way the temporary file is published when the shard is full or at ``close()``, so once
+``close()`` has run the published shards hold exactly the manifest's samples. Temporary files
+of a killed run are deleted by ``rebuild()`` (the exporter's folder is its own).
 
 A shard in progress is only ever ``.tmp-`` files; publishing it is ``os.replace``, the file
 holding the fingerprint last. The format supplies a ``ShardWriter`` (add samples, then publish
@@ -75,6 +81,16 @@ def record_bytes(record: Record) -> int:
     return size if isinstance(size, int) and size > 0 else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a published shard's files say of it."""
+
+    fingerprint: str
+    count: int
+    image_bytes: int
+    size: int  # of its files, in bytes
+
+
 @dataclass(slots=True)
 class Chunk:
     """One shard's worth of consecutive samples, as far as it has got."""
@@ -108,9 +124,10 @@ class ShardWriter(abc.ABC):
         """Add the shard's ``index``-th sample (0-based)."""
 
     @abc.abstractmethod
-    def publish(self, fingerprint: str) -> int:
-        """Finish the files and rename them to their final names (last: the file whose
-        fingerprint ``published_fingerprint`` reads). Returns the shard's size in bytes."""
+    def publish(self, metadata: dict[str, Any]) -> int:
+        """Finish the files, recording ``metadata`` (fingerprint, count, image_bytes) where
+        ``published`` reads it, and rename them to their final names (that file last). Returns
+        the shard's size in bytes."""
 
     @abc.abstractmethod
     def abort(self) -> None:
@@ -132,8 +149,7 @@ class ShardedExporter(Exporter):
         self.salt = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS, default=str)
         self._chunk: Chunk | None = None  # the last shard, being added to
         self._writer: ShardWriter | None = None  # its temporary files (None: not reopened yet)
-        self._chunk_published: tuple[int, int, int] | None = None  # its published version
-        self._last_size = 0
+        self._chunk_published: Published | None = None  # its published version, if any
         self._next_number = 0
         self._closed = False
         self._published = {"shards": 0, "count": 0, "bytes": 0, "shard_bytes": 0}
@@ -145,8 +161,8 @@ class ShardedExporter(Exporter):
         """A writer for shard ``number`` (its temporary files created)."""
 
     @abc.abstractmethod
-    def published_fingerprint(self, number: int) -> tuple[str, int] | None:
-        """(fingerprint, size in bytes) of published shard ``number`` if whole, else None."""
+    def published(self, number: int) -> Published | None:
+        """What published shard ``number`` holds, if it is whole (else None)."""
 
     @abc.abstractmethod
     def shard_files(self, number: int) -> list[Path]:
@@ -163,8 +179,8 @@ class ShardedExporter(Exporter):
 
     def rebuild(self) -> None:
         self._abort_writer()
-        self._chunk, self._next_number, self._closed = None, 0, False
-        self._chunk_published = None
+        self._chunk, self._chunk_published = None, None
+        self._next_number, self._closed = 0, False
         self._published = {"shards": 0, "count": 0, "bytes": 0, "shard_bytes": 0}
         own_folder(self.folder)
         rewritten = 0
@@ -180,16 +196,26 @@ class ShardedExporter(Exporter):
             if self.rule.full(chunk.count, chunk.nbytes):
                 rewritten += self._settle(chunk)
                 chunk = None
-        if chunk is not None:  # the last, partial shard: published now, reopened on demand
-            rewritten += self._settle(chunk)
+        if chunk is not None:  # the last, partial shard
             self._chunk = chunk
-            self._chunk_published = (chunk.count, chunk.nbytes, self._last_size)
+            published = self.published(chunk.number)
+            if published is not None and published.fingerprint == chunk.fingerprint:
+                self._chunk_published = published  # reopened when the next sample arrives
+                self._count(published)
+            else:
+                self._writer, prefix = self._refill(chunk, published)
+                rewritten += 1
+                if prefix:
+                    self._chunk_published = published
+                    self._count(published)
+                elif published is not None or self.shard_files_exist(chunk.number):
+                    self._remove(chunk.number)
         for number in sorted(set(self.published_numbers())):
             if number >= self._next_number:
                 self._remove(number)
         self._write_stats()
-        log.info("%s: %d shard(s) hold the manifest's %d sample(s); %d written again",
-                 self.folder, self._next_number, self._published["count"], rewritten)
+        log.info("%s: %d shard(s) hold the manifest's samples; %d written again", self.folder,
+                 self._next_number, rewritten)
 
     async def on_variant(self, records: list[Record]) -> None:
         rows = [r for r in records if is_dataset_record(r, self.out_dir)]
@@ -216,7 +242,7 @@ class ShardedExporter(Exporter):
                 self._chunk_published = None
                 self._writer = self.open_writer(chunk.number)
             elif self._writer is None:  # the published last shard grows: write it again
-                self._writer = self._refill(chunk)
+                self._writer, _ = self._refill(chunk, None)
             self._writer.add(chunk.count, record, self._read_image(record))
             chunk.add(record)
             if self.rule.full(chunk.count, chunk.nbytes):
@@ -231,49 +257,56 @@ class ShardedExporter(Exporter):
         self._write_stats()
 
     def _settle(self, chunk: Chunk) -> int:
-        """Publish ``chunk``'s shard unless its published fingerprint already matches; 1 when
-        it was written."""
-        published = self.published_fingerprint(chunk.number)
-        if published is not None and published[0] == chunk.fingerprint:
-            self._last_size = published[1]
-            self._count(chunk.count, chunk.nbytes, published[1])
-            return 0
-        writer = self._refill(chunk)
-        self._last_size = writer.publish(chunk.fingerprint)
-        self._count(chunk.count, chunk.nbytes, self._last_size)
-        return 1
+        """Publish whole ``chunk``'s shard unless it already is; 1 when it was written."""
+        published = self.published(chunk.number)
+        if published is None or published.fingerprint != chunk.fingerprint:
+            writer, _ = self._refill(chunk, None)
+            published = self._finish(writer, chunk)
+            rewritten = 1
+        else:
+            rewritten = 0
+        self._count(published)
+        return rewritten
 
-    def _refill(self, chunk: Chunk) -> ShardWriter:
-        """A writer for ``chunk``'s shard holding its samples read again from the manifest."""
+    def _refill(self, chunk: Chunk, published: Published | None) -> tuple[ShardWriter, bool]:
+        """A writer for ``chunk``'s shard holding its samples read again from the manifest;
+        and whether ``published`` holds the first of them (a smaller version of the shard)."""
         if chunk.start < 0:
             raise OutputError(f"{self.folder}: shard {chunk.number} cannot be read again")
         check = Chunk(chunk.number, chunk.start, self.salt)
+        prefix = False
         writer = self.open_writer(chunk.number)
         try:
             for _, record in _take(manifest_samples(self.out_dir, chunk.start), chunk.count):
                 writer.add(check.count, record, self._read_image(record))
                 check.add(record)
+                if published is not None and check.count == published.count:
+                    prefix = check.fingerprint == published.fingerprint
             if check.fingerprint != chunk.fingerprint:
                 raise OutputError(f"{self.folder}: the manifest changed while shard "
                                   f"{chunk.number} was written again; rerun the same command")
         except BaseException:
             writer.abort()
             raise
-        return writer
+        return writer, prefix
+
+    def _finish(self, writer: ShardWriter, chunk: Chunk) -> Published:
+        size = writer.publish({"fingerprint": chunk.fingerprint, "count": chunk.count,
+                               "image_bytes": chunk.nbytes})
+        return Published(chunk.fingerprint, chunk.count, chunk.nbytes, size)
 
     def _publish(self) -> None:
-        """Publish the shard in progress (its writer's files under their final names)."""
+        """Publish the last shard, in progress (its writer's files under their final names)."""
         assert self._chunk is not None and self._writer is not None
         writer, chunk = self._writer, self._chunk
         self._writer = None
-        size = writer.publish(chunk.fingerprint)
+        published = self._finish(writer, chunk)
         if self._chunk_published is not None:  # it replaced a smaller published version
-            count, nbytes, old_size = self._chunk_published
-            self._count(-count, -nbytes, -old_size, shards=-1)
-        self._count(chunk.count, chunk.nbytes, size)
-        self._chunk_published = (chunk.count, chunk.nbytes, size)
+            self._count(self._chunk_published, sign=-1)
+        self._count(published)
+        self._chunk_published = published
         if self.rule.full(chunk.count, chunk.nbytes):
-            self._chunk = None
+            self._chunk, self._chunk_published = None, None
         self._write_stats()
 
     def _abort_writer(self) -> None:
@@ -281,11 +314,14 @@ class ShardedExporter(Exporter):
             self._writer.abort()
             self._writer = None
 
-    def _count(self, count: int, nbytes: int, size: int, *, shards: int = 1) -> None:
-        self._published["shards"] += shards
-        self._published["count"] += count
-        self._published["bytes"] += nbytes
-        self._published["shard_bytes"] += size
+    def _count(self, published: Published, sign: int = 1) -> None:
+        self._published["shards"] += sign
+        self._published["count"] += sign * published.count
+        self._published["bytes"] += sign * published.image_bytes
+        self._published["shard_bytes"] += sign * published.size
+
+    def shard_files_exist(self, number: int) -> bool:
+        return any(path.exists() for path in self.shard_files(number))
 
     def _remove(self, number: int) -> None:
         for path in self.shard_files(number):
@@ -293,7 +329,7 @@ class ShardedExporter(Exporter):
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise output_error(exc, path) from None
-        log.info("%s: removed shard %d (past the manifest's end)", self.folder, number)
+        log.info("%s: removed shard %d (not the manifest's)", self.folder, number)
 
     def _read_image(self, record: Record) -> bytes:
         path = self.out_dir / record["file"]
@@ -315,6 +351,16 @@ class ShardedExporter(Exporter):
                  **self.stats_extra()}
         replace_file(self.folder / STATS_FILE,
                      orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n", fsync=False)
+
+
+def published_from(meta: dict[str, Any], size: int) -> Published | None:
+    """``Published`` from a shard's recorded metadata, or None when it is not ours/whole."""
+    fingerprint, count, image_bytes = (meta.get(k) for k in ("fingerprint", "count",
+                                                               "image_bytes"))
+    if not (isinstance(fingerprint, str) and isinstance(count, int)
+            and isinstance(image_bytes, int)):
+        return None
+    return Published(fingerprint, count, image_bytes, size)
 
 
 def _take(items: Iterator[Any], n: int) -> Iterator[Any]:

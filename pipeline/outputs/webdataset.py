@@ -1,7 +1,8 @@
 """WebDataset tar shards, img2dataset's layout: ``OUT/webdataset/``::
 
     00000.tar        N samples: 000000000.png (the bytes as written), 000000000.txt (caption),
-                     000000000.json (the manifest record, with "key" and "caption"), ...
+                     000000000.json (the manifest record, with "key" and "caption"; the request's
+                     params without init_images/mask/script blobs), ...
     00000.parquet    one row per sample: key, caption and the record's fields (no image bytes)
     _stats.json      the dataset: count, shards, bytes (img2dataset's count/successes/... first)
 
@@ -32,13 +33,15 @@ from typing import Any
 import orjson
 
 from pipeline.outputs.captions import CaptionTemplate
-from pipeline.outputs.columns import Column
+from pipeline.outputs.columns import BULKY_PARAMS, Column
 from pipeline.outputs.exporter import Record
 from pipeline.outputs.shards import (
+    Published,
     ShardedExporter,
     ShardRule,
     ShardWriter,
     publish_file,
+    published_from,
     shard_numbers,
     tmp_path,
 )
@@ -55,6 +58,14 @@ _WRITE_BUFFER = 1 << 20
 
 def shard_name(number: int) -> str:
     return f"{number:05d}"
+
+
+def slim_params(record: Record) -> Any:
+    """The request without input images and script blobs (they stay in the sidecar)."""
+    params = record.get("params")
+    if not isinstance(params, dict) or not BULKY_PARAMS & params.keys():
+        return params
+    return {k: v for k, v in params.items() if k not in BULKY_PARAMS}
 
 
 # A POSIX ustar header for a regular file, mode 0644, owner 0:0, as tarfile writes it: only the
@@ -111,18 +122,19 @@ class WebDatasetExporter(ShardedExporter):
         stem = shard_name(number)
         return [self.folder / f"{stem}.tar", self.folder / f"{stem}.parquet"]
 
-    def published_fingerprint(self, number: int) -> tuple[str, int] | None:
+    def published(self, number: int) -> Published | None:
         tar, parquet = self.shard_files(number)
         meta = read_sdbatch_metadata(parquet) if parquet.is_file() else None
         if meta is None:
             return None
         try:
             tar_bytes = tar.stat().st_size
+            parquet_bytes = parquet.stat().st_size
         except OSError:
             return None
-        if meta.get("tar_bytes") != tar_bytes or not isinstance(meta.get("fingerprint"), str):
+        if meta.get("tar_bytes") != tar_bytes:
             return None
-        return meta["fingerprint"], tar_bytes + parquet.stat().st_size
+        return published_from(meta, tar_bytes + parquet_bytes)
 
     def published_numbers(self) -> list[int]:
         return [*shard_numbers(self.folder, ".tar"), *shard_numbers(self.folder, ".parquet")]
@@ -156,7 +168,8 @@ class _TarShard(ShardWriter):
         key = self.exporter.key(self.number, index)
         caption = self.exporter.caption.render(record)
         extension = PurePosixPath(record["file"]).suffix.lstrip(".").lower() or "bin"
-        sample = orjson.dumps({**record, "key": key, "caption": caption}, option=DUMP)
+        sample = orjson.dumps({**record, "params": slim_params(record), "key": key,
+                               "caption": caption}, option=DUMP)
         mtime = self._mtime(record.get("created"))
         try:
             self._member(f"{key}.{extension}", image, mtime)
@@ -185,7 +198,7 @@ class _TarShard(ShardWriter):
         self._mtime_of = (created, max(0, value))
         return self._mtime_of[1]
 
-    def publish(self, fingerprint: str) -> int:
+    def publish(self, metadata: dict[str, Any]) -> int:
         end = 2 * _BLOCK + (-(self.size + 2 * _BLOCK) % _RECORD)  # end-of-archive, as tarfile
         try:
             self.handle.write(b"\0" * end)
@@ -198,8 +211,7 @@ class _TarShard(ShardWriter):
             raise output_error(exc, self.tmp_tar) from None
         tar_bytes = self.size + end
         try:
-            parquet_bytes = self.rows.close({"fingerprint": fingerprint, "tar_bytes": tar_bytes,
-                                             "count": self.rows.rows},
+            parquet_bytes = self.rows.close({**metadata, "tar_bytes": tar_bytes},
                                             fsync=self.exporter.fsync)
         except BaseException:
             self.abort()
