@@ -152,3 +152,149 @@ def test_wildcards_beside_the_job(tmp_path: Path) -> None:
 def test_raw_prompts_are_verbatim() -> None:
     plan = _plan("prompts:\n  - {prompt: 'keep {a|b} as is', raw: true}")
     assert [v.prompt for v in expand.variants(plan)] == ["keep {a|b} as is"]
+
+
+# -- derived seeds: the rule is prompt text, job seed and k only ---------------------------------
+
+def _seeds_by_prompt(plan: expand.Plan) -> dict[str, set[tuple[int, ...]]]:
+    """prompt text -> the distinct tuples of seeds its variants got, one tuple per combination."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for v in expand.variants(plan):
+        axes = dict(v.axes)
+        rest = tuple((k, str(x)) for k, x in v.axes if k not in ("seed",))
+        groups.setdefault((axes["prompt"], repr(rest)), []).append(v.seed)
+    out: dict[str, set[tuple[int, ...]]] = {}
+    for (prompt, _), seeds in groups.items():
+        out.setdefault(prompt, set()).add(tuple(seeds))
+    return out
+
+
+def test_derived_seeds_ignore_every_other_parameter() -> None:
+    base = "prompts: ['a {red|blue} car']\nseeds: {count: 3}\nseed: 7\n"
+    reference = _seeds_by_prompt(_plan(base + "defaults: {steps: 20}"))
+    assert set(reference) == {"a red car", "a blue car"}
+    assert all(len(s) == 1 for s in reference.values())
+    edits = [
+        "defaults: {steps: 30}",
+        "defaults: {steps: 30, width: 768, negative_prompt: ugly, sampler_name: Euler}",
+        "matrix: {cfg_scale: [5, 7], checkpoint: [m1, m2]}",
+        "zip: [{width: [512, 768], height: [768, 512]}]",
+        "replace: [[car, truck]]\nloras: {names: [x], weights: [0, 0.5]}",
+    ]
+    for edit in edits:
+        got = _seeds_by_prompt(_plan(base + edit))
+        for prompt, seeds in reference.items():
+            assert got[prompt] == seeds, f"seeds of {prompt!r} changed with {edit!r}"
+    red, blue = reference["a red car"], reference["a blue car"]
+    assert red != blue and len(set(next(iter(red)))) == 3
+    other = _seeds_by_prompt(_plan(base.replace("seed: 7", "seed: 8")))
+    assert other["a red car"] != red
+
+
+# -- ordinals: the position in the whole job, in every stream ------------------------------------
+
+ORDINAL_JOBS = [
+    "prompts: ['{a|b}']\nmatrix: {checkpoint: [m1, m2, m3], cfg_scale: [1, 2]}\nseeds: [1, 2]",
+    "prompts: ['{a|b}', c]\nzip: [{checkpoint: [m1, m2, m1], vae: [v1, v2, v3]}]\n"
+    "matrix: {steps: [1, 2]}\nseeds: 2",
+    "defaults: {checkpoint: m0}\nprompts:\n  - {prompt: '{a|b|c}', checkpoint: m1}\n  - d\n"
+    "  - {prompt: '{e|f}', model: m2}\nmatrix: {cfg_scale: [1, 2]}\nseeds: {count: 2}",
+    "prompts:\n  - {prompt: '{a|b}', checkpoint: m1}\n  - {prompt: c, seed: 5}\n"
+    "matrix: {steps: [1, 2]}\nseeds: [1, 2, 3]",
+    "prompts:\n  - {prompt: '{a|b}', checkpoint: m1}\n  - c\nmode: random\nrandom: {count: 9}\n"
+    "matrix: {steps: [1, 2]}",
+]
+
+
+@pytest.mark.parametrize("job", ORDINAL_JOBS)
+def test_ordinals_are_positions_in_the_whole_job(job: str) -> None:
+    plan = _plan(job)
+    everything = list(expand.variants(plan))
+    assert [v.ordinal for v in everything] == list(range(1, expand.count(plan) + 1))
+    by_id = {v.id: v.ordinal for v in everything}
+    streamed = [v for c in expand.checkpoints(plan) for v in expand.variants(plan, checkpoint=c)]
+    assert sorted(v.ordinal for v in streamed) == list(range(1, len(everything) + 1))
+    assert all(by_id[v.id] == v.ordinal for v in streamed)
+    for c in expand.checkpoints(plan):
+        assert all(v.checkpoint == c for v in expand.variants(plan, checkpoint=c))
+    sharded = [v for i in (1, 2, 3) for v in expand.variants(plan, shard=(i, 3))]
+    assert sorted(v.ordinal for v in sharded) == list(range(1, len(everything) + 1))
+
+
+@pytest.mark.parametrize("job,streams,text_passes", [
+    ("prompts: ['{a|b|c|d}']\nmatrix: {checkpoint: [m1, m2, m3], steps: '1..20'}", 3, 3),
+    ("prompts: ['{a|b|c|d}']\nzip: [{checkpoint: [m1, m2, m3, m4, m5, m6], vae: [a, b, c, d, e, f]}]"
+     "\nmatrix: {steps: '1..20'}", 6, 6),
+    ("prompts:\n" + "".join(f"  - {{prompt: '{{a|b|c}} {n}', checkpoint: m{n % 4}}}\n"
+                            for n in range(12)) + "matrix: {steps: '1..20'}", 4, 1),
+])
+def test_checkpoint_streams_together_cost_one_pass(monkeypatch: pytest.MonkeyPatch, job: str,
+                                                   streams: int, text_passes: int) -> None:
+    """Payloads are built once over all streams (the checkpoint axis is pinned, prompts of other
+    checkpoints are skipped unexpanded); only the prompt texts, a small part, are walked again
+    per stream when the checkpoint is an axis."""
+    import importlib
+
+    module = importlib.import_module("pipeline.expand.variants")
+
+    plan = _plan(job)
+    builds = 0
+    texts = 0
+    real_apply, real_expand = module._apply, module.templates.expand
+
+    def counting_apply(*args: object, **kwargs: object) -> object:
+        nonlocal builds
+        builds += 1
+        return real_apply(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_expand(*args: object, **kwargs: object) -> object:
+        for text in real_expand(*args, **kwargs):  # type: ignore[arg-type]
+            nonlocal texts
+            texts += 1
+            yield text
+
+    monkeypatch.setattr(module, "_apply", counting_apply)
+    monkeypatch.setattr(module.templates, "expand", counting_expand)
+    total = sum(1 for _ in expand.variants(plan))
+    one_pass = (builds, texts)
+    builds = texts = 0
+    checkpoints = expand.checkpoints(plan)
+    assert len(checkpoints) == streams
+    streamed = sum(1 for c in checkpoints for _ in expand.variants(plan, checkpoint=c))
+    assert streamed == total
+    assert builds == one_pass[0], "each payload is built once over all streams"
+    assert texts == one_pass[1] * text_passes
+
+
+def test_axes_may_vary_the_negative_prompt_and_defaults_take_aliases() -> None:
+    plan = _plan("defaults: {negative_prompt: base, checkpoint: m0, vae: v.pt}\n"
+                 "prompts: [a]\nmatrix: {negative_prompt: [ugly, blurry]}")
+    got = [(v.negative_prompt, v.checkpoint, v.payload["override_settings"]["sd_vae"])
+           for v in expand.variants(plan)]
+    assert got == [("ugly", "m0", "v.pt"), ("blurry", "m0", "v.pt")]
+    assert expand.checkpoints(plan) == ["m0"]
+
+
+def test_server_picked_seeds_stream_lazily() -> None:
+    plan = _plan("prompts: [a]\nseeds: 1000000")
+    assert expand.count(plan) == 1_000_000
+    tracemalloc.start()
+    first = list(itertools.islice(expand.variants(plan), 10))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [v.seed for v in first] == [-1] * 10 and len({v.id for v in first}) == 10
+    assert peak < 2_000_000
+
+
+@pytest.mark.parametrize("text,values", [
+    ("5-9 (+2)", [5, 7, 9]), ("1-10 [5]", [1, 3, 5, 7, 10]), ("0-10 [4]", [0, 3, 6, 10]),
+    ("10-4 (-3)", [10, 7, 4]), ("0.5-1.5 [3]", [0.5, 1.0, 1.5]), ("1-2 (+0.5)", [1.0, 1.5, 2.0]),
+])
+def test_xyz_ranges(text: str, values: list) -> None:
+    assert parse_range(text) == values
+
+
+@pytest.mark.parametrize("text", ["9-5", "1..5 step 0", "5-9 (0)", "1..2000000"])
+def test_ranges_that_cannot_be_read(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_range(text)

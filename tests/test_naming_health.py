@@ -89,3 +89,55 @@ def test_retry_policy_bounded_by_time_and_backends() -> None:
     assert policy.next_delay_s(attempts, TransportError("x"), now=11.0) is None
     attempts.failed_on = {"a", "b"}
     assert policy.next_delay_s(attempts, SubstitutionError("x"), now=1.0) is None
+
+
+@pytest.mark.parametrize("template", [
+    "{prompt}{slug}{prompt}{id}{index}", "{slug:.3}", "{lora}/{prompt:>40}", "{cfg_scale}_{seed:08d}",
+    "{checkpoint}_{override_settings.sd_vae}_{replace:cat}", "{id:>30}{index:03d}",
+])
+def test_names_are_unique_by_construction(template: str) -> None:
+    """Whatever the template, the id and index survive whole: nothing is cut from a name."""
+    axes_names = ["prompt", "template", "seed", "lora", "cfg_scale", "checkpoint",
+                  "override_settings.sd_vae", "replace:cat"]
+    namer = Namer(template, axes=axes_names)
+    long = "a very long prompt about a cat " * 20
+    seen = set()
+    for n in range(200):
+        ident = f"{n:016x}"
+        axes = {"prompt": long, "lora": "x" * 90, "cfg_scale": 7.5, "checkpoint": "m" * 80,
+                "override_settings.sd_vae": "v" * 80, "replace:cat": "dog" * 30}
+        for index in (0, 1, 10):
+            rel = namer.relative_path(ordinal=n + 1, variant_id=ident, index=index, seed=n,
+                                      prompt=long, axes=axes, extension="png")
+            assert ident in rel and inside(rel)
+            assert all(len(part) <= 255 for part in rel.split("/"))
+            seen.add(rel)
+    assert len(seen) == 600
+
+
+@pytest.mark.parametrize("template,message", [
+    ("{id:.1}", "cut the id"), ("{ordinal:0999999999d}", "width"), ("{seed.__class__}", "plain"),
+    ("{seed!r}", "conversion"), ("{index:c}", "not allowed"), ("{id:{x}}", "nested"),
+    ("{cfg_scal}", "did you mean {cfg_scale}"), ("{override_settings.sd_vea}", "sd_vae"),
+    ("{prompt}" * 6, "characters"), ("a/" * 9 + "{id}", "folder levels"),
+])
+def test_naming_fields_and_specs_checked_up_front(template: str, message: str) -> None:
+    with pytest.raises(JobError, match=None) as info:
+        Namer(template, axes=["prompt", "seed", "cfg_scale", "override_settings.sd_vae"])
+    assert message in str(info.value)
+
+
+def test_aliases_name_the_same_axis() -> None:
+    namer = Namer("{checkpoint}_{vae}", axes=["override_settings.sd_model_checkpoint",
+                                              "override_settings.sd_vae"])
+    rel = namer.relative_path(ordinal=1, variant_id="0" * 16, index=0, seed=1, prompt="p",
+                              axes={"override_settings.sd_model_checkpoint": "m1",
+                                    "override_settings.sd_vae": "v1"}, extension="png")
+    assert rel == f"images/m1_v1_{'0' * 16}_0.png"
+
+
+def test_int_spec_on_a_seed_the_server_did_not_report() -> None:
+    rel = Namer("{seed:08d}").relative_path(ordinal=1, variant_id="0" * 16, index=0,
+                                            seed="random#1", prompt="p", axes={},
+                                            extension="png")
+    assert rel.startswith("images/random_1_")

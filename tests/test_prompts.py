@@ -172,6 +172,16 @@ ERRORS: list[tuple[str, int, list[str], str]] = [
     ("a __color", 2, ["not closed"], "\\_\\_"),
     ("__a/../b__", 0, ["bad wildcard name"], "'..'"),
     ("__/abs__", 0, ["bad wildcard name"], "'..'"),
+    # Dynamic Prompts syntax sdbatch does not implement: refused by name, never sent mangled
+    ("a {~red|blue}", 2, ["Dynamic Prompts", "cyclical", "'{~'"], "remove the prefix"),
+    ("{@a|b}", 0, ["Dynamic Prompts", "combinatorial", "'{@'"], "remove the prefix"),
+    ("{~2$$a|b|c}", 0, ["cyclical"], "remove the prefix"),
+    ("x ${season=summer} ${season}", 2, ["Dynamic Prompts variables"], "\\$\\{"),
+    ("a ${season}", 2, ["Dynamic Prompts variables"], "\\$\\{"),
+    ("a __~colour__", 2, ["cyclical wildcard prefix '__~'"], "__name__"),
+    ("a __@colour__", 2, ["combinatorial wildcard prefix '__@'"], "__name__"),
+    ("__colour(shade=dark)__", 0, ["wildcard parameters"], "__name__"),
+    ("{% if x %}a{% endif %}", 0, ["Jinja2"], "{a|b}"),
 ]
 
 
@@ -455,3 +465,21 @@ def test_choose_k_spreads_over_a_wildcard(tmp_path):
     assert drawn.count(" and ") == 1
     with pytest.raises(JobError, match="only 3 option"):
         count(parse("{4$$__style__}"), store)
+
+
+def test_literal_dollar_and_tilde_still_pass() -> None:
+    assert run("$5 ~ approx {a|b}") == ["$5 ~ approx a", "$5 ~ approx b"]
+    assert run("\\$\\{x\\} {a\\|~b}") == ["${x} a|~b"]
+    assert run("{a|~b}") == ["a", "~b"]  # only a leading ~ or @ is a sampler prefix
+
+
+def test_nesting_and_length_are_measured_without_expanding(tmp_path: Path) -> None:
+    from pipeline.prompts import max_chars, nesting
+
+    (tmp_path / "d0.txt").write_text("__d1__ __d1__\n")
+    (tmp_path / "d1.txt").write_text("{ab|abc}\n")
+    store = WildcardStore(tmp_path)
+    node = parse("x {__d0__|y}")
+    assert max_chars(node, store) == len("x ") + 3 + 1 + 3
+    assert nesting(node, store.depth) == 4  # group, wildcard d0, wildcard d1, group
+    assert max_chars(parse("{2$$ and $$aa|b|cccc}")) == len("aa and cccc")

@@ -86,7 +86,10 @@ def check_zip(groups: list[dict[str, list[Any]]]) -> list[dict[str, list[Any]]]:
                                   hint="give keys with lists of equal length")
         checked: dict[str, list[Any]] = {}
         for key, values in group.items():
-            _key_name(key, "zip")
+            try:
+                _key_name(key, "zip")
+            except FieldValueError as exc:
+                raise exc.at(n) from None
             checked[key] = [_field(key, v, (n, key, i)) for i, v in enumerate(values)]
         lengths = {key: len(values) for key, values in checked.items()}
         if len(set(lengths.values())) != 1:

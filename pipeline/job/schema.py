@@ -335,10 +335,11 @@ class JobSpec(_Strict):
     def _random_mode(self) -> JobSpec:
         if self.mode == "random" and self.random is None:
             raise ValueError("mode: random needs 'random: {count: N}' (how many prompts to draw)")
-        if self.mode == "random" and any(isinstance(p, PromptSpec) and "seed" in p.overrides
-                                         for p in self.prompts):
-            raise ValueError("a per-prompt 'seed' does not combine with mode: random (a draw "
-                             "picks the prompt); give the seeds with 'seeds:'")
+        for i, p in enumerate(self.prompts):
+            if self.mode == "random" and isinstance(p, PromptSpec) and "seed" in p.overrides:
+                raise FieldValueError("a per-prompt 'seed' does not combine with mode: random "
+                                      "(a draw picks the prompt)", loc=("prompts", i, "seed"),
+                                      hint="give the seeds with 'seeds:' instead")
         checks.check_conflicts(self.matrix, self.zip, [
             p.overrides if isinstance(p, PromptSpec) else None for p in self.prompts])
         return self

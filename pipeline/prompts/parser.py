@@ -108,7 +108,7 @@ class _Parser:
             elif c == "$" and text.startswith("${", self.pos):
                 raise self.fail("Dynamic Prompts variables (${name=...}, ${name}) are not "
                                 "supported", self.pos, "write the value out, or use a wildcard; "
-                                "write \\$ for a literal $")
+                                "write \\$\\{ for a literal ${")
             elif c == "_" and text.startswith("__", self.pos) and text[self.pos + 2:self.pos + 3] \
                     in ("~", "@") and self.pos + 3 < n and is_name_char(text[self.pos + 3]):
                 kind = "cyclical" if text[self.pos + 2] == "~" else "combinatorial"
