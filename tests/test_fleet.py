@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from pipeline import expand
 from pipeline.fleet import affinity
 from pipeline.fleet.errors import FleetUsageError
-from pipeline.fleet.keys import GROUP, JobKeys, job_id
+from pipeline.fleet.keys import JobKeys, job_id
 from pipeline.fleet.redisq import Queue, StreamLoad
 from pipeline.fleet.urls import parse_queue_url, parse_store_url
 from pipeline.fleet.wire import (History, JobMeta, entry_fields, generated_from, record_document,

@@ -12,7 +12,8 @@
 
 Modules: ``urls`` (queue/store URLs, credentials), ``keys`` (Redis key names), ``wire`` (JSON
 forms of variants, jobs, records), ``redisq`` (the queue: leases, acks, hand-backs, dead letter,
-as Lua scripts), ``objstore`` (S3 via boto3, or a shared folder), ``affinity`` (which stream a
-backend reads next), ``local`` (what the fleet takes from the single-machine run).
+with the Lua in ``scripts``), ``objstore`` (S3 via boto3, or a shared folder), ``affinity``
+(which stream a backend reads next), ``served`` (an agent's backends and the jobs it serves),
+``local`` (what the fleet takes from the single-machine run).
 The single-machine run does not import any of this: no Redis, no boto3 there.
 """

@@ -31,7 +31,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,17 +42,16 @@ from pipeline.backends.base import Backend, Probe
 from pipeline.errors import (BackendError, HTTPStatusError, RequestTimeout, SdbatchError,
                              SubstitutionError, TransportError)
 from pipeline.fleet import affinity, local
-from pipeline.fleet.errors import StoreError
-from pipeline.fleet.objstore import ObjectStore, open_store
 from pipeline.fleet.redisq import Lease, Queue, StreamLoad
-from pipeline.fleet.urls import StoreURL, parse_store_url
-from pipeline.fleet.wire import (History, JobMeta, error_entry, input_key, input_refs,
-                                 record_document, record_key, relocate_refs, restore_refs)
-from pipeline.job.schema import BackendSpec, JobSpec, RetrySpec
-from pipeline.model import Generated, Variant
+from pipeline.fleet.served import ServedJob, Slot, as_sent, clients_for, open_job, with_patience
+from pipeline.fleet.urls import StoreURL
+from pipeline.fleet.wire import (History, JobMeta, error_entry, record_document, record_key,
+                                 restore_refs)
+from pipeline.job.schema import BackendSpec, RetrySpec
+from pipeline.model import Generated
 from pipeline.output.layout import now_iso
 from pipeline.schedule.health import BackendHealth
-from pipeline.schedule.retry import Attempts, RetryPolicy
+from pipeline.schedule.retry import Attempts
 
 log = logging.getLogger(__name__)
 
@@ -97,33 +96,6 @@ class AgentStats:
         return self.images / span if span > 0 else 0.0
 
 
-@dataclass(slots=True)
-class _Slot:
-    """One backend of this agent: its health, what it has loaded, its preflight answers."""
-
-    spec: BackendSpec
-    health: BackendHealth
-    info: Any = None
-    loaded_title: str | None = None  # what the server reports it has loaded
-    target: str | None = None  # checkpoint (as a job names it) of the last variant sent
-    in_flight: int = 0
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-
-@dataclass(slots=True)
-class _Job:
-    meta: JobMeta
-    spec: JobSpec
-    store: ObjectStore
-    policy: RetryPolicy
-    clients: dict[str, Backend]
-    serves: dict[tuple[str, str | None], bool] = field(default_factory=dict)
-    inputs_dir: Path | None = None
-
-
 class _Stop(Exception):
     """Internal: the agent is stopping; hand the lease back without counting the delivery."""
 
@@ -138,7 +110,7 @@ class Agent:
         self.options = options
         self.id = options.agent_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         defaults = RetrySpec()
-        self.slots = [_Slot(b, BackendHealth(
+        self.slots = [Slot(b, BackendHealth(
             label=b.label, bench_after_failures=defaults.bench_after_failures,
             cooldown_s=defaults.cooldown_s, cooldown_max_s=defaults.cooldown_max_s))
             for b in options.backends]
@@ -146,7 +118,7 @@ class Agent:
         self.started = time.time()
         self.state = "starting"
         self.error: str = ""
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, ServedJob] = {}
         self._held: dict[str, Lease] = {}  # entry id -> lease
         self._stop = asyncio.Event()
         self._hard = asyncio.Event()
@@ -267,7 +239,7 @@ class Agent:
 
     # --- one worker ---------------------------------------------------------------------------
 
-    async def _worker(self, slot: _Slot) -> None:
+    async def _worker(self, slot: Slot) -> None:
         idle_s = POLL_MIN_S
         while not self._stop.is_set():
             if not await self._wait_usable(slot):
@@ -284,7 +256,7 @@ class Agent:
             idle_s = POLL_MIN_S
             await self._process(slot, lease)
 
-    async def _wait_usable(self, slot: _Slot) -> bool:
+    async def _wait_usable(self, slot: Slot) -> bool:
         """Wait out a bench or a pause (probing when a bench ends); False when stopping."""
         health = slot.health
         while not self._stop.is_set():
@@ -318,7 +290,18 @@ class Agent:
                 log.info("backend %s is back", slot.label)
         return False
 
-    def _probe_client(self, slot: _Slot) -> Backend:
+    def _store_call(self, job: ServedJob, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """A store operation with the agent's patience (leases are renewed meanwhile)."""
+        return with_patience(job.store, fn, self.options.patience_s)
+
+    def _current(self, slot: Slot, loads: list[StreamLoad]) -> str | None:
+        return slot.current(list(dict.fromkeys(s.checkpoint for s in loads)))
+
+    def _servable(self, slot: Slot, load: StreamLoad) -> bool:
+        job = self._jobs.get(load.job)
+        return job is not None and job.servable(slot, load)
+
+    def _probe_client(self, slot: Slot) -> Backend:
         for job in self._jobs.values():
             return job.clients[slot.label]
         from pipeline.backends.factory import make_client
@@ -326,44 +309,15 @@ class Agent:
         assert self._session is not None
         return make_client(self._session, slot.spec, None)
 
-    async def _inspect_again(self, slot: _Slot) -> None:
+    async def _inspect_again(self, slot: Slot) -> None:
         """A backend that was down at start: learn what it has, and rebuild its clients."""
         assert self._session is not None
         slot.info = (await local.inspect(self._session, [slot.spec]))[0]
         for job in self._jobs.values():
-            verdict = local.verdict_for(job.meta, job.spec, [s.info for s in self.slots
-                                                             if s.info is not None])
-            job.clients[slot.label] = local.client_for(self._session, slot.spec, verdict,
-                                                       job.spec)
+            job.clients = clients_for(self._session, job.meta, job.spec, self.slots)
             job.serves = {k: v for k, v in job.serves.items() if k[0] != slot.label}
 
     # --- taking work --------------------------------------------------------------------------
-
-    def _current(self, slot: _Slot, loads: list[StreamLoad]) -> str | None:
-        if slot.target is not None:
-            return slot.target
-        wanted = list(dict.fromkeys(s.checkpoint for s in loads))
-        return local.match_checkpoint(slot.loaded_title, wanted)
-
-    def _servable(self, slot: _Slot, load: StreamLoad) -> bool:
-        job = self._jobs.get(load.job)
-        if job is None:
-            return False
-        key = (slot.label, load.checkpoint)
-        if key not in job.serves:
-            info = slot.info
-            ok = True
-            if load.checkpoint is not None and info is not None and getattr(info, "reachable",
-                                                                            False):
-                ok = info.has("checkpoint", load.checkpoint)
-            if ok and job.spec.dynamic_prompts == "refuse" and getattr(info, "dynamic_prompts",
-                                                                       None):
-                ok = False
-            if not ok:
-                log.info("backend %s lacks checkpoint %r: it takes none of job %s's variants "
-                         "that ask for it", slot.label, load.checkpoint, job.meta.name)
-            job.serves[key] = ok
-        return job.serves[key]
 
     async def _loads(self) -> list[StreamLoad]:
         async with self._board_lock:
@@ -372,7 +326,7 @@ class Agent:
                 self._board_at = time.monotonic()
             return self._board
 
-    async def _take(self, slot: _Slot) -> Lease | None:
+    async def _take(self, slot: Slot) -> Lease | None:
         if not self._jobs:
             return None
         loads = await self._loads()
@@ -406,7 +360,7 @@ class Agent:
                 return self._took(slot, lease)
         return None
 
-    def _took(self, slot: _Slot, lease: Lease) -> Lease:
+    def _took(self, slot: Slot, lease: Lease) -> Lease:
         self._held[lease.entry] = lease
         if lease.variant.checkpoint is not None:
             slot.target = lease.variant.checkpoint
@@ -421,7 +375,7 @@ class Agent:
 
     # --- one variant --------------------------------------------------------------------------
 
-    async def _process(self, slot: _Slot, lease: Lease) -> None:
+    async def _process(self, slot: Slot, lease: Lease) -> None:
         job = self._jobs.get(lease.job)
         slot.in_flight += 1
         try:
@@ -451,7 +405,7 @@ class Agent:
             slot.in_flight -= 1
             self._held.pop(lease.entry, None)
 
-    async def _generate(self, slot: _Slot, job: _Job, lease: Lease) -> None:
+    async def _generate(self, slot: Slot, job: ServedJob, lease: Lease) -> None:
         variant = lease.variant
         history = lease.history
         attempts = Attempts(count=history.attempts, first_at=history.first_at or time.time(),
@@ -459,7 +413,7 @@ class Agent:
         if slot.label in attempts.excluded:
             await self._pass_on(job, lease, attempts, f"{slot.label} cannot serve it")
             return
-        sent = await self._with_inputs(job, variant)
+        sent = await as_sent(job, variant, Path(self._tmp.name), self.options.patience_s)
         if sent is None:
             await self._dead(job, lease, _history(lease, attempts, counted=True),
                              "an input image is missing from the store (submit uploads them to "
@@ -497,7 +451,7 @@ class Agent:
                 self.stats.first_done_at = wall - reply.elapsed_s
             self.stats.last_done_at = wall
 
-    async def _on_error(self, slot: _Slot, job: _Job, lease: Lease, attempts: Attempts,
+    async def _on_error(self, slot: Slot, job: ServedJob, lease: Lease, attempts: Attempts,
                         exc: BackendError) -> bool:
         """Decide what a failure means, as a local worker does; True: try again here."""
         variant = lease.variant
@@ -537,7 +491,7 @@ class Agent:
             raise _Stop
         return True
 
-    async def _pass_on(self, job: _Job, lease: Lease, attempts: Attempts, why: str) -> None:
+    async def _pass_on(self, job: ServedJob, lease: Lease, attempts: Attempts, why: str) -> None:
         """Hand the variant to the other agents (this delivery counts), or give up on it."""
         if lease.deliveries >= job.meta.max_deliveries:
             await self._dead(job, lease, _history(lease, attempts, counted=True), why)
@@ -553,33 +507,13 @@ class Agent:
         if await self.queue.hand_back(lease, self.id, history):
             self.stats.handed_back += 1
 
-    async def _dead(self, job: _Job, lease: Lease, history: History, reason: str) -> None:
+    async def _dead(self, job: ServedJob, lease: Lease, history: History, reason: str) -> None:
         if await self.queue.dead_letter(lease, self.id, history, reason, self.id, now_iso()):
             self.stats.dead += 1
             log.warning("variant %s of job %s failed for good: %s", lease.variant.id,
                         job.meta.name, reason)
 
-    async def _with_inputs(self, job: _Job, variant: Variant) -> Variant | None:
-        """The variant as this machine sends it: img2img inputs fetched from the store."""
-        refs = input_refs(variant.payload)
-        if not refs:
-            return variant
-        if job.inputs_dir is None:
-            job.inputs_dir = Path(self._tmp.name) / job.meta.id
-            job.inputs_dir.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, str] = {}
-        for ref in refs:
-            sha = str(ref["sha256"])
-            path = job.inputs_dir / sha
-            if not path.is_file():
-                data = await self._store_call(job, lambda s=sha: job.store.get(input_key(s)))
-                if data is None:
-                    return None
-                await asyncio.to_thread(path.write_bytes, data)
-            paths[sha] = str(path)
-        return dataclasses.replace(variant, payload=relocate_refs(variant.payload, paths))
-
-    async def _write(self, job: _Job, result: Generated, lease: Lease) -> None:
+    async def _write(self, job: ServedJob, result: Generated, lease: Lease) -> None:
         """Images first, then the record that names them: the record is the commit point."""
         doc, objects = record_document(result, job=job.meta.id, agent=self.id,
                                        deliveries=lease.deliveries)
@@ -590,22 +524,6 @@ class Agent:
                                 orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS))
 
         await self._store_call(job, put_all)
-
-    async def _store_call(self, job: _Job, fn: Callable[[], Awaitable[T]]) -> T:
-        """A store operation, retried with backoff for up to ``patience_s`` (leases are renewed
-        meanwhile); then the agent stops with the error."""
-        started = time.monotonic()
-        delay_s = 0.2
-        while True:
-            try:
-                return await fn()
-            except StoreError as exc:
-                if time.monotonic() - started >= self.options.patience_s:
-                    raise
-                log.warning("the store %s failed (%s); retrying in %.1f s", job.store.shown,
-                            exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 10.0)
 
     # --- background tasks ---------------------------------------------------------------------
 
@@ -687,34 +605,10 @@ class Agent:
         self._seen_jobs = self._seen_jobs or bool(self._jobs)
         self._board_at = 0.0
 
-    async def _open_job(self, meta: JobMeta) -> _Job | None:
+    async def _open_job(self, meta: JobMeta) -> ServedJob | None:
         assert self._session is not None
-        try:
-            spec = local.job_spec(meta)
-        except SdbatchError as exc:
-            log.error("job %s (%s) cannot be read, skipping it: %s", meta.name, meta.id, exc)
-            return None
-        url = parse_store_url(meta.store)
-        if self.options.store is not None:
-            url = self.options.store
-        store = open_store(url, fsync=self.options.fsync)
-        try:
-            await store.check()
-        except StoreError as exc:
-            log.error("job %s: cannot use its store (%s); skipping it for now (pass --store "
-                      "with the path or URL this machine reaches it at)", meta.name, exc)
-            await store.close()
-            return None
-        for slot in self.slots:  # a backend's health follows the (latest) job's retry section
-            slot.health.bench_after_failures = spec.retry.bench_after_failures
-            slot.health.cooldown_s = spec.retry.cooldown_s
-            slot.health.cooldown_max_s = spec.retry.cooldown_max_s
-        infos = [s.info for s in self.slots if s.info is not None]
-        verdict = local.verdict_for(meta, spec, infos)
-        clients = {s.label: local.client_for(self._session, s.spec, verdict, spec)
-                   for s in self.slots}
-        return _Job(meta, spec, store, RetryPolicy(spec.retry, zero_waits=self.options.zero_waits),
-                    clients)
+        return await open_job(self._session, meta, self.slots, store=self.options.store,
+                              fsync=self.options.fsync, zero_waits=self.options.zero_waits)
 
 
 def _history(lease: Lease, attempts: Attempts, *, counted: bool) -> History:
