@@ -8,18 +8,13 @@ keys, and a sample is in exactly one shard, once.
 Each published shard carries a fingerprint: a hash of the format's settings and of its samples'
 ``(id, image_index, file, sha256)`` in order. ``rebuild()`` streams the manifest once, keeping
 only the current shard's running hash: a shard whose published fingerprint matches is kept as it
-is, any other is written again, shards past the end are removed. The last, partial shard:
-
-- published and matching (the last run stopped cleanly): kept; when the next sample arrives it
-  is reopened, its samples read again from the manifest and the image files (at most one shard
-  of reads) into a new temporary file;
-- otherwise (a crash: it was never published, or only a smaller version of it): written again
-  into its temporary file at once. A smaller published version that holds the first samples
-  stays visible until it is replaced; any other is removed.
-
-Either way the temporary file is published when the shard is full or at ``close()``, so once
-``close()`` has run the published shards hold exactly the manifest's samples. Temporary files
-of a killed run are deleted by ``rebuild()`` (the exporter's folder is its own).
+is, any other is written again, shards past the end are removed. The last, partial shard is
+published too (after a crash it never was), so after ``rebuild()`` alone the published shards
+hold exactly the manifest's samples. When the next sample arrives the last shard is reopened:
+its samples are read again into a new temporary file (a format may copy the published shard's
+bulk instead, as the webdataset tar is), which is published when the shard is full or at
+``close()``, replacing the smaller one. Temporary files of a killed run are deleted by
+``rebuild()`` (the exporter's folder is its own).
 
 A shard in progress is only ever ``.tmp-`` files; publishing it is ``os.replace``, the file
 holding the fingerprint last. The format supplies a ``ShardWriter`` (add samples, then publish
@@ -133,6 +128,15 @@ class ShardWriter(abc.ABC):
     def abort(self) -> None:
         """Close and delete the temporary files."""
 
+    def reuse(self, published: Published) -> bool:
+        """Start from the published version's first ``published.count`` samples without their
+        images being read again (True), or not at all (False: every sample is ``add``-ed)."""
+        return False
+
+    def add_reused(self, index: int, record: Record) -> None:
+        """The ``index``-th sample, whose bulk ``reuse`` took: what else it needs."""
+        raise NotImplementedError
+
 
 class ShardedExporter(Exporter):
     """The shard bookkeeping shared by the sharded formats; see the module docstring."""
@@ -196,20 +200,10 @@ class ShardedExporter(Exporter):
             if self.rule.full(chunk.count, chunk.nbytes):
                 rewritten += self._settle(chunk)
                 chunk = None
-        if chunk is not None:  # the last, partial shard
+        if chunk is not None:  # the last, partial shard: reopened when the next sample arrives
+            rewritten += self._settle(chunk)
             self._chunk = chunk
-            published = self.published(chunk.number)
-            if published is not None and published.fingerprint == chunk.fingerprint:
-                self._chunk_published = published  # reopened when the next sample arrives
-                self._count(published)
-            else:
-                self._writer, prefix = self._refill(chunk, published)
-                rewritten += 1
-                if prefix:
-                    self._chunk_published = published
-                    self._count(published)
-                elif published is not None or self.shard_files_exist(chunk.number):
-                    self._remove(chunk.number)
+            self._chunk_published = self.published(chunk.number)
         for number in sorted(set(self.published_numbers())):
             if number >= self._next_number:
                 self._remove(number)
@@ -242,7 +236,7 @@ class ShardedExporter(Exporter):
                 self._chunk_published = None
                 self._writer = self.open_writer(chunk.number)
             elif self._writer is None:  # the published last shard grows: write it again
-                self._writer, _ = self._refill(chunk, None)
+                self._writer = self._refill(chunk, self._chunk_published)
             self._writer.add(chunk.count, record, self._read_image(record))
             chunk.add(record)
             if self.rule.full(chunk.count, chunk.nbytes):
@@ -257,38 +251,46 @@ class ShardedExporter(Exporter):
         self._write_stats()
 
     def _settle(self, chunk: Chunk) -> int:
-        """Publish whole ``chunk``'s shard unless it already is; 1 when it was written."""
+        """Publish ``chunk``'s shard unless it already is; 1 when it was written."""
         published = self.published(chunk.number)
-        if published is None or published.fingerprint != chunk.fingerprint:
-            writer, _ = self._refill(chunk, None)
-            published = self._finish(writer, chunk)
-            rewritten = 1
-        else:
-            rewritten = 0
-        self._count(published)
-        return rewritten
+        if published is not None and published.fingerprint == chunk.fingerprint:
+            self._count(published)
+            return 0
+        writer = self._refill(chunk, published)
+        self._count(self._finish(writer, chunk))
+        return 1
 
-    def _refill(self, chunk: Chunk, published: Published | None) -> tuple[ShardWriter, bool]:
-        """A writer for ``chunk``'s shard holding its samples read again from the manifest;
-        and whether ``published`` holds the first of them (a smaller version of the shard)."""
+    def _refill(self, chunk: Chunk, published: Published | None) -> ShardWriter:
+        """A writer for ``chunk``'s shard holding its samples, read again from the manifest.
+        When the published version holds the first of them, the writer may take its bulk
+        (``ShardWriter.reuse``) rather than read those images again."""
         if chunk.start < 0:
             raise OutputError(f"{self.folder}: shard {chunk.number} cannot be read again")
+        reused = 0
+        if published is not None and 0 < published.count <= chunk.count:
+            head = Chunk(chunk.number, chunk.start, self.salt)
+            for _, record in _take(manifest_samples(self.out_dir, chunk.start), published.count):
+                head.add(record)
+            if head.fingerprint == published.fingerprint:
+                reused = published.count
         check = Chunk(chunk.number, chunk.start, self.salt)
-        prefix = False
         writer = self.open_writer(chunk.number)
         try:
+            if reused and not writer.reuse(published):
+                reused = 0
             for _, record in _take(manifest_samples(self.out_dir, chunk.start), chunk.count):
-                writer.add(check.count, record, self._read_image(record))
+                if check.count < reused:
+                    writer.add_reused(check.count, record)
+                else:
+                    writer.add(check.count, record, self._read_image(record))
                 check.add(record)
-                if published is not None and check.count == published.count:
-                    prefix = check.fingerprint == published.fingerprint
             if check.fingerprint != chunk.fingerprint:
                 raise OutputError(f"{self.folder}: the manifest changed while shard "
                                   f"{chunk.number} was written again; rerun the same command")
         except BaseException:
             writer.abort()
             raise
-        return writer, prefix
+        return writer
 
     def _finish(self, writer: ShardWriter, chunk: Chunk) -> Published:
         size = writer.publish({"fingerprint": chunk.fingerprint, "count": chunk.count,
@@ -320,8 +322,6 @@ class ShardedExporter(Exporter):
         self._published["bytes"] += sign * published.image_bytes
         self._published["shard_bytes"] += sign * published.size
 
-    def shard_files_exist(self, number: int) -> bool:
-        return any(path.exists() for path in self.shard_files(number))
 
     def _remove(self, number: int) -> None:
         for path in self.shard_files(number):

@@ -24,6 +24,7 @@ format="parquet")`` (a list: the folder holds the tars too).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tarfile
 from datetime import datetime
@@ -179,6 +180,31 @@ class _TarShard(ShardWriter):
             raise output_error(exc, self.tmp_tar) from None
         self.rows.add(record, (key, caption))
 
+    def reuse(self, published: Published) -> bool:
+        """Copy the published tar's members (all but its end-of-archive blocks) in the kernel,
+        so reopening the last shard reads no image again."""
+        meta = read_sdbatch_metadata(self.parquet) or {}
+        data_bytes = meta.get("tar_data_bytes")
+        try:
+            source = self.tar.open("rb")
+        except OSError:
+            return False
+        with source:
+            if (meta.get("count") != published.count or not isinstance(data_bytes, int)
+                    or os.fstat(source.fileno()).st_size != meta.get("tar_bytes")):
+                return False
+            try:
+                self.handle.flush()
+                _copy_range(source, self.handle, data_bytes)
+            except OSError as exc:
+                raise output_error(exc, self.tmp_tar) from None
+        self.size = data_bytes
+        return True
+
+    def add_reused(self, index: int, record: Record) -> None:
+        key = self.exporter.key(self.number, index)
+        self.rows.add(record, (key, self.exporter.caption.render(record)))
+
     def _member(self, name: str, data: bytes, mtime: int) -> None:
         header = ustar_header(name.encode("ascii"), len(data), mtime)
         padding = -len(data) % _BLOCK
@@ -211,7 +237,8 @@ class _TarShard(ShardWriter):
             raise output_error(exc, self.tmp_tar) from None
         tar_bytes = self.size + end
         try:
-            parquet_bytes = self.rows.close({**metadata, "tar_bytes": tar_bytes},
+            parquet_bytes = self.rows.close({**metadata, "tar_bytes": tar_bytes,
+                                             "tar_data_bytes": self.size},
                                             fsync=self.exporter.fsync)
         except BaseException:
             self.abort()
@@ -226,3 +253,31 @@ class _TarShard(ShardWriter):
         self.rows.abort()
         with contextlib.suppress(OSError):
             self.tmp_tar.unlink(missing_ok=True)
+
+
+def _copy_range(source: Any, target: Any, count: int) -> None:
+    """The first ``count`` bytes of ``source`` appended to ``target`` (both at offset 0 and
+    unbuffered here), by ``copy_file_range`` where the system has it."""
+    src, dst = source.fileno(), target.fileno()
+    copied = 0
+    try:
+        while copied < count:
+            n = os.copy_file_range(src, dst, count - copied)
+            if n == 0:
+                break
+            copied += n
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EXDEV, errno.ENOSYS,
+                                                           errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        source.seek(copied)
+        os.lseek(dst, copied, os.SEEK_SET)
+        while copied < count:
+            block = source.read(min(_WRITE_BUFFER, count - copied))
+            if not block:
+                break
+            os.write(dst, block)
+            copied += len(block)
+    if copied != count:
+        raise OSError(errno.EIO, f"the published shard is shorter than {count} bytes")
+    target.seek(count)
