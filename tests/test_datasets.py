@@ -458,6 +458,16 @@ async def test_imagefolder_folders_stay_under_the_hub_limit_and_load(
     folders = sorted((out / "imagefolder" / "images").iterdir())
     assert [f.name for f in folders] == ["00000", "00001", "00002", "00003", "00004"]
     assert [len(os.listdir(f)) for f in folders] == [5, 5, 5, 5, 4]
+    # A stray file in a full last folder goes at the next rebuild (manifest of 20 images).
+    lines = (out / MANIFEST).read_bytes().splitlines(keepends=True)
+    (out / MANIFEST).write_bytes(b"".join(lines[:21]))  # 20 generations (+ 1 extra)
+    (folders[3] / "stray.png").write_bytes(b"x")
+    await asyncio.to_thread(rebuild, spec, out)
+    assert [len(os.listdir(f)) for f in sorted((out / "imagefolder" / "images").iterdir())
+            ] == [5, 5, 5, 5]
+    for records in variants[20:]:
+        append_manifest(out, records)
+    await asyncio.to_thread(rebuild, spec, out)
     ds = load_hf(monkeypatch, tmp_path / "hf", "imagefolder", data_dir=str(out / "imagefolder"))
     assert ds.num_rows == JOB_IMAGES and "label" not in ds.column_names
     assert ds["prompt"] == [r["prompt"] for r in generations(variants)]

@@ -135,8 +135,8 @@ class ImageFolderExporter(Exporter):
             place = self._place(record)
             self._link(record["file"], place, check=True)
             yield record, place
-        if self._position % FILES_PER_FOLDER:
-            self._prune(self._position // FILES_PER_FOLDER, self._folder_names)
+        if self._position:
+            self._prune((self._position - 1) // FILES_PER_FOLDER, self._folder_names)
 
     def _checked_lines(self, placed: Iterable[tuple[Record, str]]) -> Iterator[bytes]:
         """Metadata lines, warning about number columns null for the whole schema window."""
