@@ -120,6 +120,7 @@ class Agent:
         self.error: str = ""
         self._jobs: dict[str, ServedJob] = {}
         self._held: dict[str, Lease] = {}  # entry id -> lease
+        self._switches: set[str] = set()  # entries whose request loads another checkpoint
         self._stop = asyncio.Event()
         self._hard = asyncio.Event()
         self._board: list[StreamLoad] = []
@@ -177,6 +178,7 @@ class Agent:
             await asyncio.shield(self._leave())
 
     async def _leave(self) -> None:
+        self.queue.patience_s = min(self.queue.patience_s, 10.0)  # leaving: do not wait long
         with contextlib.suppress(SdbatchError):
             await self._beat()
             streams = [job.meta for job in self._jobs.values()]
@@ -362,8 +364,11 @@ class Agent:
 
     def _took(self, slot: Slot, lease: Lease) -> Lease:
         self._held[lease.entry] = lease
-        if lease.variant.checkpoint is not None:
-            slot.target = lease.variant.checkpoint
+        checkpoint = lease.variant.checkpoint
+        if checkpoint is not None:
+            if checkpoint != self._current(slot, self._board):
+                self._switches.add(lease.entry)  # this request loads another checkpoint
+            slot.target = checkpoint
         return lease
 
     async def _all_done(self) -> bool:
@@ -382,17 +387,17 @@ class Agent:
             if job is None:
                 await self._hand_back(lease, counted=False)
                 return
-            if lease.deliveries > job.meta.max_deliveries:
-                await self._dead(job, lease, lease.history, f"delivered {lease.deliveries} times "
-                                 f"without being finished (max_deliveries "
-                                 f"{job.meta.max_deliveries}): the agents that had it died or "
-                                 "stalled")
-                return
             # Delivered before (an agent died or stalled after writing?): is it done already?
             if lease.deliveries > 1 and await self._store_call(
                     job, lambda: job.store.exists(record_key(lease.variant.id))):
                 if await self.queue.ack(lease, images=0, found_stored=True):
                     self.stats.found_stored += 1
+                return
+            if lease.deliveries > job.meta.max_deliveries:
+                await self._dead(job, lease, lease.history, f"delivered {lease.deliveries} times "
+                                 f"without being finished (max_deliveries "
+                                 f"{job.meta.max_deliveries}): the agents that had it died or "
+                                 "stalled")
                 return
             await self._generate(slot, job, lease)
         except _Stop:
@@ -404,6 +409,7 @@ class Agent:
         finally:
             slot.in_flight -= 1
             self._held.pop(lease.entry, None)
+            self._switches.discard(lease.entry)
 
     async def _generate(self, slot: Slot, job: ServedJob, lease: Lease) -> None:
         variant = lease.variant
@@ -432,14 +438,13 @@ class Agent:
                 return
             break
         now = time.monotonic()
-        before = self._current(slot, self._board)
         result = Generated(variant=variant, images=reply.images, info=reply.info,
                            backend=slot.label, model=reply.model, attempts=attempts.count,
                            elapsed_s=reply.elapsed_s, params=restore_refs(reply.params,
                                                                           variant.payload))
         await self._write(job, result, lease)
         generations = sum(1 for i in reply.images if i.kind == "generation")
-        switched = variant.checkpoint is not None and variant.checkpoint != before
+        switched = lease.entry in self._switches
         slot.health.on_success(now, generations, reply.elapsed_s, switched=switched)
         if reply.model:
             slot.loaded_title = reply.model

@@ -115,10 +115,9 @@ async def _enqueue_all(queue: Queue, store: ObjectStore, meta: JobMeta, plan: ex
             added, requeued, already = added + a, requeued + r, already + s
             batches.clear()
         if in_store:
-            found += len(in_store)
             marked = await queue.mark_stored(meta, list(in_store))
-            already += len(in_store) - marked
-            found -= len(in_store) - marked
+            found += marked
+            already += len(in_store) - marked  # queued or done in Redis already
             in_store.clear()
         if on_progress is not None:
             on_progress(added + requeued + already + found)
