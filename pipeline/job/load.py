@@ -357,8 +357,14 @@ def _expand_env_in_backends(data: dict[str, Any], node: yaml.Node, path: str,
 def _warn_unknown_fields(data: dict[str, Any], node: yaml.Node, path: str) -> None:
     sections: list[tuple[str, Any]] = [("defaults", data.get("defaults")),
                                        ("matrix", data.get("matrix"))]
-    for i, group in enumerate(data.get("zip") or []):
+    zips = data.get("zip")
+    for i, group in enumerate(zips if isinstance(zips, list) else []):
         sections.append((f"zip[{i}]", group))
+    prompts = data.get("prompts")
+    for i, prompt in enumerate(prompts if isinstance(prompts, list) else []):
+        if isinstance(prompt, dict):
+            sections.append((f"prompts[{i}]", {k: v for k, v in prompt.items()
+                                                if k not in ("prompt", "raw", "name")}))
     for section, fields in sections:
         if not isinstance(fields, dict):
             continue
@@ -366,7 +372,9 @@ def _warn_unknown_fields(data: dict[str, Any], node: yaml.Node, path: str) -> No
             top = str(key).split(".", 1)[0]
             if top not in TXT2IMG_FIELDS and key not in MATRIX_ALIASES:
                 close = difflib.get_close_matches(top, sorted(TXT2IMG_FIELDS), n=1, cutoff=0.7)
-                line = line_of(node, (section.split("[")[0], key))
+                head, _, index = section.partition("[")
+                loc = (head, int(index[:-1]), key) if index else (head, key)
+                line = line_of(node, loc)
                 log.warning("%s: line %s: %s.%s is not a WebUI txt2img field; the WebUI ignores "
                             "unknown fields silently%s", path, line, section, key,
                             f" (did you mean {close[0]!r}?)" if close else "")

@@ -147,6 +147,18 @@ class BackendSpec(_Strict):
         return self.name or self.url
 
 
+def check_backend_labels(backends: list[BackendSpec]) -> None:
+    """Each backend is told apart by its label (name, else URL): two alike would share a lane."""
+    seen: dict[str, int] = {}
+    for i, backend in enumerate(backends):
+        if backend.label in seen:
+            raise FieldValueError(f"backends {seen[backend.label] + 1} and {i + 1} are both "
+                                  f"{mask_url(backend.label)!r}", loc=(i,),
+                                  hint="list each server once (raise its concurrency for more "
+                                       "requests in flight), or give them different names")
+        seen[backend.label] = i
+
+
 class RetrySpec(_Strict):
     """How hard to try. Attempts and time both bound a variant; health decides a backend's bench."""
 
@@ -196,6 +208,11 @@ class LoraAxis(_Strict):
     @field_validator("names", mode="after")
     @classmethod
     def _unique_names(cls, names: list[str]) -> list[str]:
+        for i, name in enumerate(names):
+            if not name.strip() or re.search(r"[<>:\x00-\x1f]", name):
+                raise FieldValueError(f"LoRA name {name[:60]!r} is empty or holds <, > or :",
+                                      loc=(i,), hint="write the LoRA's file name without its "
+                                      "extension, as in <lora:NAME:0.8>")
         _no_duplicates(names, "loras.names")
         return names
 
@@ -312,6 +329,21 @@ class JobSpec(_Strict):
             _no_duplicates(values, f"replace axis {n} (the first value is also the first "
                                    "replacement)")
         return axes
+
+    @field_validator("seeds", "seed", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool)
+                                                                       for v in value)):
+            raise FieldValueError("true/false is not a seed", hint="write whole numbers, e.g. "
+                                  "seeds: [1, 2, 3]")
+        return value
+
+    @field_validator("backends", mode="after")
+    @classmethod
+    def _distinct_backends(cls, backends: list[BackendSpec]) -> list[BackendSpec]:
+        check_backend_labels(backends)
+        return backends
 
     @field_validator("seeds", mode="after")
     @classmethod

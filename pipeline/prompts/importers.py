@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import JobError
+from pipeline.job.fields import CHECKPOINT_KEY
 
 
 def _bool(value: str) -> bool:
@@ -112,7 +113,8 @@ def parse_prompts_file_line(line: str, lineno: int, path: str) -> dict[str, Any]
             raise fail(f"{word} {raw!r} is not {kind}", f"write {word} followed by {kind}"
                        ) from None
         if tag == "sd_model":
-            fields.setdefault("override_settings", {})["sd_model_checkpoint"] = value
+            section, _, key = CHECKPOINT_KEY.partition(".")
+            fields.setdefault(section, {})[key] = value
         else:
             fields[tag] = value
     if "prompt" not in fields:
