@@ -69,7 +69,8 @@ async def collect(queue: Queue, meta: JobMeta, out_dir: Path, *, store: StoreURL
                                 f"collect where {spec.base_dir or 'the job'} is readable to get them")
     from pipeline.outputs import build_exporters
 
-    exporters = build_exporters(spec, Path(out_dir), plan=plan) if plan is not None else []
+    exporters = (build_exporters(spec, Path(out_dir), plan=plan, fsync=fsync)
+                 if plan is not None else [])
     output = OutputStore(Path(out_dir), namer=Namer(spec.naming), fsync=fsync)
     resume = await asyncio.to_thread(output.prepare)
     for exporter in exporters:  # after the manifest repair, so they match it exactly
@@ -85,6 +86,8 @@ async def collect(queue: Queue, meta: JobMeta, out_dir: Path, *, store: StoreURL
                         on_progress)
             await _failures(queue, meta, output, resume.complete, summary)
         finally:
+            for exporter in exporters:  # publish what is in progress (a last, partial shard)
+                await asyncio.shield(exporter.close())
             await asyncio.shield(output.close())
     finally:
         await source.close()
