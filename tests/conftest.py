@@ -108,3 +108,20 @@ def read_manifest(out: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (minutes each; the default suite skips "
+                          "them, and so does CI unless SDBATCH_SLOW=1)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import os
+
+    if config.getoption("--runslow") or os.environ.get("SDBATCH_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (or SDBATCH_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
