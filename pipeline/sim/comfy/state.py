@@ -28,7 +28,7 @@ from pipeline.sim.comfy.queue import Hub, PromptQueue
 
 log = logging.getLogger(__name__)
 
-SIM: web.AppKey[Any] = web.AppKey("comfy_sim")  # the ComfySimServer handle in the app
+SIM: web.AppKey[Any] = web.AppKey("comfy_sim")  # the app's ComfySimServer handle
 
 
 @dataclass
@@ -39,8 +39,8 @@ class ComfySimStats:
     ``running``/``max_running`` are prompts executing at once (measured, so a test can see
     that it never exceeds 1); ``max_queue_remaining`` the most prompts queued or running at
     once (what a per-host limit of queued prompts bounds); ``cache_hits`` are prompts whose
-    every node came from the cache; ``posts_per_id`` and ``runs_per_id`` count accepted POSTs and executions per
-    prompt id (how a test sees that nothing was requested twice).
+    every node came from the cache; ``posts_per_id`` and ``runs_per_id`` count accepted
+    POSTs and executions per prompt id (how a test sees that nothing was requested twice).
     """
 
     prompts_posted: int = 0
