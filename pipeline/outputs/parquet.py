@@ -6,7 +6,8 @@
     _stats.json
 
 Each file holds at most ``dataset: {parquet_shard_mb: M}`` MB of images (default 500, as
-``datasets.push_to_hub`` shards), in row groups of at most 100 rows or 64 MB, so the viewer
+``datasets.push_to_hub`` shards) and 20,000 rows, in row groups of at most 100 rows or 64 MB, so
+the viewer
 and streaming readers fetch little at a time. The schema's ``huggingface`` metadata declares
 ``image`` an ``Image`` feature, so ``datasets.load_dataset("parquet", data_dir=OUT/parquet)``
 (or the Hub, with the folder uploaded as a dataset repo) gives PIL images. File names carry the
@@ -21,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipeline.errors import OutputError
 from pipeline.outputs.columns import Column
 from pipeline.outputs.exporter import Record
 from pipeline.outputs.shards import (
@@ -37,6 +39,7 @@ from pipeline.outputs.table import ParquetStream, Table, read_sdbatch_metadata
 
 FOLDER = "parquet"
 DEFAULT_SHARD_MB = 500
+MAX_ROWS = 20_000  # with small images, so that reopening the last file stays quick
 GROUP_ROWS = 100
 GROUP_BYTES = 64 << 20
 
@@ -55,7 +58,7 @@ class ParquetExporter(ShardedExporter):
                  shard_mb: int = DEFAULT_SHARD_MB, fsync: bool = True) -> None:
         self.table = Table(tuple(columns), image=True)
         self.shard_mb = shard_mb
-        super().__init__(out_dir, ShardRule(max_bytes=shard_mb << 20),
+        super().__init__(out_dir, ShardRule(max_samples=MAX_ROWS, max_bytes=shard_mb << 20),
                          {"format": "parquet/1", "shard_mb": shard_mb,
                           "columns": self.table.signature()}, fsync=fsync)
 
@@ -87,6 +90,27 @@ class _ParquetShard(ShardWriter):
 
     def add(self, index: int, record: Record, image: bytes) -> None:
         self.rows.add(record, image=image, image_path=PurePosixPath(record["file"]).name)
+
+    def reuse(self, published: Published) -> bool:
+        """Start from the published file's rows, row group by row group (no image reads)."""
+        import pyarrow.parquet as pq
+
+        try:
+            source = pq.ParquetFile(str(self.final))
+        except (OSError, ValueError):
+            return False
+        if source.metadata.num_rows != published.count:
+            return False
+        try:  # from here on a failure cannot fall back: rows are already written
+            for group in range(source.num_row_groups):
+                self.rows.write_table(source.read_row_group(group))
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot read {self.final} again ({exc}); delete it and rerun "
+                              "the same command") from None
+        return True
+
+    def add_reused(self, index: int, record: Record) -> None:
+        pass  # the row came whole from the published file
 
     def publish(self, metadata: dict[str, Any]) -> int:
         try:

@@ -135,6 +135,15 @@ class ParquetStream:
         if len(self._columns[0]) >= self.group_rows or self._pending_bytes >= self.group_bytes:
             self._flush()
 
+    def write_table(self, table: Any) -> None:
+        """Append whole rows read from another file of the same schema (as row groups)."""
+        self._flush()
+        try:
+            self._writer.write_table(table.replace_schema_metadata(self._schema.metadata))
+        except OSError as exc:
+            raise output_error(exc, self.path) from None
+        self.rows += table.num_rows
+
     def _flush(self) -> None:
         if not self._columns[0]:
             return
