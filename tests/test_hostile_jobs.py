@@ -76,6 +76,11 @@ CASES: list[tuple[str, str | bytes, list[str]]] = [
     ("auth_newline", "prompts: [a]\nbackends:\n  - {url: 'http://127.0.0.1:9', auth: \"u:p\\n\"}\n",
      ["backends[0].auth", "line break"]),
     ("url_with_space", "prompts: [a]\nbackends: ['http://127.0.0.1:9/ x']\n", ["spaces"]),
+    ("seed_bool", "prompts: [a]\nseeds: [true, 2]\n", ["seeds", "true/false is not a seed"]),
+    ("lora_name_breaks_tag", "prompts: [a]\nloras: {names: ['x:1><lora:y']}\n",
+     ["loras.names[0]", "<, > or :"]),
+    ("two_backends_one_label", "prompts: [a]\nbackends: ['http://127.0.0.1:9', "
+     "'http://127.0.0.1:9/']\n", ["backends[1]", "both", "concurrency"]),
     ("non_text_key", "prompts: [a]\ndefaults:\n  comments: {1: x}\n", ["defaults.comments", "text"]),
     # -- YAML / JSON limits -------------------------------------------------------------------
     ("tag_binary", "prompts: [a]\nname: !!binary aGVsbG8=\n", ["line 2", "!!binary"]),

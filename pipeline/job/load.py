@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import JobError
-from pipeline.job import yamlsafe
+from pipeline.job.document import line_of, loc_text, read_document
 from pipeline.job.fields import MATRIX_ALIASES, TXT2IMG_FIELDS
+from pipeline.job.masking import job_secrets, masked
 from pipeline.job.naming import Namer, job_axis_names
 from pipeline.job.schema import JobSpec
 from pipeline.job.values import FieldValueError
@@ -63,7 +62,7 @@ def parse_job(raw: bytes, *, path: str = "<job>", base_dir: str = ".",
     try:
         return _parse(raw, path, base_dir, os.environ if environ is None else environ, secrets)
     except JobError as exc:
-        raise _masked(exc, secrets) from None
+        raise masked(exc, secrets) from None
 
 
 def _parse(raw: bytes, path: str, base_dir: str, environ: Any, secrets: list[str]) -> JobSpec:
@@ -75,7 +74,7 @@ def _parse(raw: bytes, path: str, base_dir: str, environ: Any, secrets: list[str
     except UnicodeDecodeError as exc:
         raise JobError(f"is not UTF-8 text (bad byte at offset {exc.start})", path=path,
                        hint="save the file as UTF-8") from None
-    node, data = _read_document(text, path)
+    node, data = read_document(text, path)
     if data is None:
         raise JobError("is empty", path=path,
                        hint="a job needs at least 'prompts:'; see jobs/example.yaml")
@@ -83,10 +82,10 @@ def _parse(raw: bytes, path: str, base_dir: str, environ: Any, secrets: list[str
         raise JobError(f"holds a {type(data).__name__}, not a mapping of settings", path=path,
                        where="line 1",
                        hint="start with keys like 'prompts:'; see jobs/example.yaml")
-    secrets += _secrets(data)
+    secrets += job_secrets(data)
     _check_top_keys(data, node, path)
     data = _expand_env_in_backends(data, node, path, environ)
-    secrets += _secrets(data)
+    secrets += job_secrets(data)
     _warn_unknown_fields(data, node, path)
     try:
         spec = JobSpec.model_validate(data)
@@ -113,191 +112,6 @@ def _parse(raw: bytes, path: str, base_dir: str, environ: Any, secrets: list[str
         "base_dir": base_dir,
         "content_sha256": hashlib.sha256(raw).hexdigest(),
     })
-
-
-# --- YAML and JSON with positions ------------------------------------------------------------
-
-def _read_document(text: str, path: str) -> tuple[yaml.Node | None, Any]:
-    """(node tree for line numbers, or None; the data). JSON is read as JSON (tabs, exponents,
-    surrogate pairs), and its node tree comes from YAML when YAML can also read it."""
-    if text.lstrip().startswith(("{", "[")):
-        data = _read_json(text, path)
-        try:
-            yamlsafe.scan(text)
-            node = yaml.compose(text, Loader=yamlsafe.base_loader())
-        except (yaml.YAMLError, RecursionError, ValueError):
-            node = None
-        if node is not None:
-            _check_duplicate_keys(node, path)
-        return node, data
-    try:
-        node, data = yamlsafe.load(text)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, path) from None
-    except RecursionError:
-        raise JobError("is nested too deeply to read", path=path,
-                       hint=f"a job nests at most {yamlsafe.MAX_DEPTH} levels") from None
-    if node is not None:
-        _check_duplicate_keys(node, path)
-    return node, data
-
-
-def _read_json(text: str, path: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise JobError(f"key {key!r} appears twice in one object", path=path,
-                               hint="keep one of them; a later one would silently win")
-            out[key] = value
-        return out
-
-    def constant(name: str) -> Any:
-        raise JobError(f"{name} is not a number a request can carry", path=path,
-                       hint="write a finite number")
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
-    except json.JSONDecodeError as exc:
-        raise JobError(f"is not valid JSON: {exc.msg}", path=path,
-                       where=f"line {exc.lineno}, column {exc.colno}",
-                       hint="check the commas, quotes and brackets there") from None
-    except RecursionError:
-        raise JobError("is nested too deeply to read", path=path,
-                       hint=f"a job nests at most {yamlsafe.MAX_DEPTH} levels") from None
-    except ValueError as exc:  # an integer with thousands of digits
-        raise JobError(f"cannot be read: {exc}", path=path, hint="write shorter numbers") from None
-    problem = _json_problem(data)
-    if problem is not None:
-        loc, message = problem
-        raise JobError(message, path=path, where=_loc_text(loc) or None,
-                       hint="write the character itself, or both halves of its \\u escape pair")
-    return data
-
-
-def _json_problem(data: Any) -> tuple[tuple[Any, ...], str] | None:
-    """Depth over the limit, or a string with a lone surrogate (JSON allows \\ud83d alone)."""
-    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
-    while stack:
-        loc, item = stack.pop()
-        if len(loc) > yamlsafe.MAX_DEPTH:
-            return loc[:3], f"values are nested deeper than {yamlsafe.MAX_DEPTH} levels"
-        if isinstance(item, str):
-            try:
-                yamlsafe.fix_surrogates(item)
-            except yaml.YAMLError:
-                return loc, "a \\u escape is half of a surrogate pair (a lone surrogate)"
-        elif isinstance(item, list):
-            stack.extend(((*loc, i), v) for i, v in enumerate(item))
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                if any("\ud800" <= c <= "\udfff" for c in key):
-                    return loc, "a key holds a lone surrogate (half of a \\u escape pair)"
-                stack.append(((*loc, key), value))
-    return None
-
-
-def _yaml_error(exc: yaml.YAMLError, path: str) -> JobError:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    if isinstance(exc, yamlsafe.YamlLimitError):
-        return JobError(problem, path=path, where=where,
-                        hint="a job file holds plain values, lists and mappings; write the "
-                             "values out (no tags), and keep aliases and nesting small")
-    hint = "check indentation and quoting there; quote prompts that contain ': ', '#', '{' or '['"
-    return JobError(f"is not valid YAML/JSON: {problem}", path=path, where=where, hint=hint)
-
-
-def _check_duplicate_keys(root: yaml.Node, path: str) -> None:
-    stack = [root]
-    seen_nodes: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen_nodes:  # an alias: checked once
-            continue
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                if key is not None and key != "<<" and key in seen:
-                    raise JobError(f"key {key!r} appears twice (first on line {seen[key]})",
-                                   path=path, where=f"line {key_node.start_mark.line + 1}",
-                                   hint="keep one of them; a later one would silently win")
-                if key is not None:
-                    seen[key] = key_node.start_mark.line + 1
-                stack.append(value_node)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
-def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the value at ``loc`` (keys and list indexes), or of its nearest parent."""
-    best = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
-                    node = value_node
-                    best = key_node.start_mark.line + 1
-                    break
-            else:
-                return best
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                node = node.value[part]
-                best = node.start_mark.line + 1
-            else:
-                return best
-        else:
-            return best
-    return best
-
-
-# --- credentials in messages -----------------------------------------------------------------
-
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
-
-
-def _secrets(data: dict[str, Any]) -> list[str]:
-    """Every credential the job holds, as written and percent-decoded, to keep out of messages."""
-    found: list[str] = []
-    backends = data.get("backends")
-    for backend in backends if isinstance(backends, list) else []:
-        if isinstance(backend, str):
-            backend = {"url": backend}
-        if not isinstance(backend, dict):
-            continue
-        url = backend.get("url")
-        if isinstance(url, str) and "@" in url:
-            userinfo = url.partition("://")[2].rpartition("@")[0]
-            found += [userinfo, userinfo.partition(":")[2]]
-        auth = backend.get("auth")
-        if isinstance(auth, str):
-            found += [auth, auth.partition(":")[2]]
-        headers = backend.get("headers")
-        if isinstance(headers, dict):
-            found += [v for v in headers.values() if isinstance(v, str)]
-    out = {s for s in found if len(s) >= 3}
-    out |= {unquote(s) for s in out}
-    return sorted(out, key=len, reverse=True)
-
-
-def _masked(exc: JobError, secrets: list[str]) -> JobError:
-    def mask(text: str | None) -> str | None:
-        if text is None:
-            return None
-        text = _USERINFO.sub(r"\1USER:PASS@", text)
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    detail, where, hint = mask(exc.detail), mask(exc.where), mask(exc.hint)
-    if (detail, where, hint) == (exc.detail, exc.where, exc.hint):
-        return exc
-    masked = JobError(detail or "", path=exc.path, where=where, hint=hint)
-    return masked
 
 
 # --- checks before the schema ----------------------------------------------------------------
@@ -412,7 +226,7 @@ def _validation_error(exc: ValidationError, node: yaml.Node | None, path: str) -
     # For a union (e.g. a prompt as text or as an object) the deepest error is the telling one.
     err = max(errors, key=lambda e: len(loc_of(e)))
     loc = loc_of(err)
-    field = _loc_text(loc)
+    field = loc_text(loc)
     line = line_of(node, loc)
     msg = err["msg"].removeprefix("Value error, ")
     hint = _TYPE_HINTS.get(err["type"])
@@ -442,13 +256,6 @@ _FIELD_HINTS = {
 
 _UNION_TAGS = {"str", "PromptSpec", "list[int]", "int", "SeedCount", "float", "function-after",
                "function-before"}
-
-
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _model_fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -1,7 +1,12 @@
 """The job file schema: pydantic models at the trust boundary.
 
-Everything a job file may say is declared here; ``pipeline.job.load`` reads the file, maps errors to
+Everything a job file may say is declared here (backends in ``pipeline.job.backends``); the request
+fields a job sets are checked by ``pipeline.job.checks`` (types from ``pipeline.job.fields``, the
+value grammar in ``pipeline.job.values``). ``pipeline.job.load`` reads the file, maps errors to
 ``JobError`` with file and line, and hands back a validated ``JobSpec``.
+
+Limits a real job never reaches: ``seeds: N`` and ``{count: N}`` up to ``MAX_SEEDS``; a request
+``timeout_s`` up to a day; every retry time up to ``MAX_WAIT_S`` (30 days); no .inf or .nan.
 """
 
 from __future__ import annotations
@@ -9,154 +14,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.job import checks
+from pipeline.job.backends import BackendSpec, check_backend_labels  # noqa: F401
+from pipeline.job.backends import StrictModel as _Strict
 from pipeline.job.checks import no_duplicates as _no_duplicates
 from pipeline.job.fields import SEED_MAX
+from pipeline.job.masking import mask_url  # noqa: F401
 from pipeline.job.values import (MAX_RANGE_VALUES, FieldValueError, expand_values,  # noqa: F401
                                  parse_range)
 
 MAX_SEEDS = 1_000_000
-MAX_REQUEST_TIMEOUT_S = 86_400.0
 MAX_WAIT_S = 30 * 86_400.0
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-def mask_url(url: str) -> str:
-    """``url`` as it may be shown: user info replaced, a port that is not a number hidden."""
-    try:
-        parts = urlsplit(url.strip())
-        host = parts.netloc.rpartition("@")[2]
-        if "@" in parts.netloc:
-            host = "USER:PASS@" + host
-        name, colon, port = host.rpartition(":")
-        if colon and port and not port.isdigit() and "]" not in port:
-            host = f"{name}:***"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    except ValueError:
-        return "the URL"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class BackendSpec(_Strict):
-    """One backend server. Credentials live in ``auth`` only, never in ``url``.
-
-    ``kind`` says which API it speaks: ``webui`` (AUTOMATIC1111, Forge, reForge, SD.Next) or
-    ``comfyui``; a ComfyUI backend needs a ``workflow`` (here or at job level).
-    """
-
-    url: str
-    name: str | None = None
-    kind: Literal["webui", "comfyui"] = "webui"
-    workflow: str | None = None
-    concurrency: int = Field(1, ge=1, le=64)
-    auth: SecretStr | None = None
-    timeout_s: float = Field(600.0, gt=0, le=MAX_REQUEST_TIMEOUT_S)
-    verify_tls: bool = True
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_out_of_url(cls, data: Any) -> Any:
-        """``http://user:p%40ss@host`` -> url ``http://host`` and auth ``user:p@ss`` (decoded)."""
-        if isinstance(data, str):
-            data = {"url": data}
-        if isinstance(data, dict) and isinstance(data.get("url"), str):
-            try:
-                parts = urlsplit(data["url"].strip())
-                has_userinfo = "@" in parts.netloc
-                host = parts.netloc.rpartition("@")[2]
-            except ValueError:
-                return data  # _check_url says what is wrong
-            if has_userinfo:
-                userinfo = parts.netloc.rpartition("@")[0]
-                user, _, password = userinfo.partition(":")
-                data = dict(data)
-                data["url"] = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
-                if not data.get("auth"):
-                    data["auth"] = f"{unquote(user)}:{unquote(password)}"
-        return data
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        shown = mask_url(url)
-        if _CONTROL.search(url) or " " in url.strip():
-            raise FieldValueError(f"{shown!r} contains spaces or control characters",
-                                  hint="write the URL on one line, without spaces")
-        try:
-            parts = urlsplit(url.strip())
-        except ValueError as exc:
-            raise FieldValueError(f"{shown!r} is not a URL ({exc})",
-                                  hint="write it like http://127.0.0.1:7861") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FieldValueError(f"{shown!r} is not a backend URL",
-                                  hint="write it like http://127.0.0.1:7861 (http or https)")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise FieldValueError(f"{shown!r} has a bad port number",
-                                  hint="a port is a number up to 65535; credentials go before "
-                                       "the host: http://user:password@host:port") from None
-        return url.strip().rstrip("/")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, name: str | None) -> str | None:
-        if name is not None and (_CONTROL.search(name) or not name.strip()):
-            raise FieldValueError("the backend name is empty or has control characters",
-                                  hint="write a short label such as gpu1")
-        return name
-
-    @field_validator("auth")
-    @classmethod
-    def _check_auth(cls, auth: SecretStr | None) -> SecretStr | None:
-        if auth is not None and ":" not in auth.get_secret_value():
-            raise FieldValueError("auth must look like user:password",
-                                  hint="write auth: \"user:password\" (as for the WebUI's "
-                                       "--api-auth), or ${VAR} to read it from the environment")
-        if auth is not None and _CONTROL.search(auth.get_secret_value()):
-            raise FieldValueError("auth contains a line break or control character",
-                                  hint="write user:password on one line")
-        return auth
-
-    @field_validator("headers")
-    @classmethod
-    def _check_headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, value in headers.items():
-            if not _HEADER_NAME.match(name):
-                raise FieldValueError(f"header name {name[:40]!r} is not a valid HTTP header "
-                                      "name", loc=(name,), hint="use letters, digits and - "
-                                      "only, e.g. X-Token")
-            if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value.get_secret_value()):
-                raise FieldValueError(f"header {name} has a line break or control character "
-                                      "in its value", loc=(name,),
-                                      hint="a header value is one line of text")
-        return headers
-
-    @property
-    def label(self) -> str:
-        """How the backend is named in output and logs: never with credentials."""
-        return self.name or self.url
-
-
-def check_backend_labels(backends: list[BackendSpec]) -> None:
-    """Each backend is told apart by its label (name, else URL): two alike would share a lane."""
-    seen: dict[str, int] = {}
-    for i, backend in enumerate(backends):
-        if backend.label in seen:
-            raise FieldValueError(f"backends {seen[backend.label] + 1} and {i + 1} are both "
-                                  f"{mask_url(backend.label)!r}", loc=(i,),
-                                  hint="list each server once (raise its concurrency for more "
-                                       "requests in flight), or give them different names")
-        seen[backend.label] = i
 
 
 class RetrySpec(_Strict):
