@@ -304,9 +304,15 @@ class Reporter:
             self.console.print(f"failures are listed in {s.output}/failures.jsonl; rerun the same "
                                "command to try them again", markup=False)
         if s.views and not self.quiet:
-            shown = ", ".join(s.views[:4]) + (f" and {len(s.views) - 4} more"
-                                              if len(s.views) > 4 else "")
-            self.console.print(f"views: {shown}", markup=False)
+            gallery = [v for v in s.views if v.endswith("index.html")]
+            sheets = [v for v in s.views if not v.endswith("index.html")]
+            if gallery:
+                self.console.print(f"gallery: {s.output}/{gallery[0]} (open it in a browser)",
+                                   markup=False)
+            if sheets:
+                shown = ", ".join(sheets[:4]) + (f" and {len(sheets) - 4} more"
+                                                 if len(sheets) > 4 else "")
+                self.console.print(f"grid sheets: {shown}", markup=False)
         if s.status in ("interrupted", "stalled", "error") or s.unfinished:
             self.console.print(f"to finish the rest, run the same command again:\n  {command_hint}",
                                markup=False)

@@ -144,12 +144,9 @@ class Run:
         try:
             await self._start(previous, resume)
             await self.writer.store.open()
-            try:
-                await self._probe_all()
-                self.dispatcher = self._make_dispatcher()
-                await self._run_stages()
-            finally:
-                self.summary.views = tuple(await self.writer.finish())
+            await self._probe_all()
+            self.dispatcher = self._make_dispatcher()
+            await self._run_stages()
         except* SdbatchError as group:
             error = _first(group)
             self.summary.status = "error"
@@ -158,9 +155,16 @@ class Run:
                 raise error from group
         finally:
             self.summary.elapsed_s = time.monotonic() - started
-            self._finish()
+            self._decide()
+            self.summary.views = tuple(await self.writer.finish(self.summary.status,
+                                                                self._counts()))
+            self._report()
             await asyncio.shield(self.writer.store.close())  # releases the directory's lock
         return self.summary
+
+    def _counts(self) -> dict[str, int]:
+        return self.writer.counts_now(total=self.summary.total,
+                                      skipped=self._filter.skipped if self._filter else 0)
 
     async def _start(self, previous: dict[str, Any], resume: Any) -> None:
         own: tuple[str, ...] = ()
@@ -258,7 +262,7 @@ class Run:
             writer = tg.create_task(self.writer.drain(), name="writer")
             pool = tg.create_task(self._workers(workers), name="workers")
             supervisor = tg.create_task(self._supervise(pool), name="supervisor")
-            refresher = tg.create_task(self.writer.refresh_loop(), name="refresher")
+            refresher = tg.create_task(self.writer.refresh_loop(self._counts), name="refresher")
             try:
                 await asyncio.wait({pool})
             finally:
@@ -319,7 +323,8 @@ class Run:
 
     # --- the end ------------------------------------------------------------------------------
 
-    def _finish(self) -> None:
+    def _decide(self) -> None:
+        """The run's outcome, from what was written and why it stopped."""
         s = self.summary
         s.done, s.images, s.failed = (self.writer.counts.done, self.writer.counts.images,
                                       self.writer.counts.failed)
@@ -338,6 +343,9 @@ class Run:
                 s.status = "complete"
                 s.unfinished = 0
         s.backends = {h.label: h.as_dict() for h in self.health.values()}
+
+    def _report(self) -> None:
+        s = self.summary
         try:
             self._write_run_files(s.status)
         except OutputError as exc:

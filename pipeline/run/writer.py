@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.errors import OutputError
 from pipeline.events import Event, VariantFailed, VariantWritten
-from pipeline.grid import LiveOutputs
+from pipeline.grid import LiveOutputs, output_files
 from pipeline.job.schema import ConvertSpec, JobSpec
 from pipeline.model import Failed, Generated, Outcome
 from pipeline.output.resume import ResumeState
@@ -51,7 +51,7 @@ class Writer:
         # Dataset formats (outputs:); a bad caption or column raises JobError here, before the run.
         self.exporters = build_exporters(spec, store.root, plan=plan)
         # Grid sheets and the gallery, re-rendered at most every `every_s` while the run goes.
-        self.live = LiveOutputs(store.root, spec, every_s=refresh_every_s)
+        self.live = LiveOutputs(store.root, spec, plan=plan, every_s=refresh_every_s)
         self.channel: Channel[Outcome] = Channel(WRITE_QUEUE_SIZE)
         self.counts = WriteCounts()
         self.results = results  # the Python API's bounded stream of outcomes (backpressure)
@@ -101,26 +101,34 @@ class Writer:
         if self.results is not None:
             await self.results.send(event)
 
-    async def refresh_loop(self) -> None:
+    async def refresh_loop(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Keep the grid sheets and the gallery current while the run goes (throttled)."""
         while True:
             await asyncio.sleep(self.live.every_s)
-            await asyncio.to_thread(self.live.maybe_refresh)
+            await asyncio.to_thread(self.live.maybe_refresh, status="running", counts=counts())
 
-    async def finish(self) -> list[str]:
-        """Close the files, publish the exporters' last shards, render the final views;
-        returns the views written."""
+    async def finish(self, status: str, counts: dict[str, int]) -> list[str]:
+        """Publish the exporters' last shards and render the final views with the run's final
+        status; returns the gallery and the sheets written, relative to the output directory."""
         for exporter in self.exporters:
             try:
                 await asyncio.shield(exporter.close())
             except OutputError as exc:
                 log.error("%s", exc)
-        await asyncio.shield(self.store.close())
         try:
-            views = await asyncio.shield(asyncio.to_thread(self.live.final))
+            await asyncio.shield(asyncio.to_thread(self.live.final, status=status, counts=counts))
+            files = output_files(self.store.root)
         except OutputError as exc:
             log.error("%s", exc)
             return []
-        return [str(p) for p in views or []]
+        shown = ([files.gallery] if files.gallery else []) + [
+            sheet for view in files.views for sheet in view.sheets]
+        return [str(p.relative_to(self.store.root)) for p in shown]
+
+    def counts_now(self, *, total: int, skipped: int) -> dict[str, int]:
+        c = self.counts
+        return {"total": total, "done": c.done, "images": c.images, "failed": c.failed,
+                "skipped": skipped, "unfinished": max(0, total - c.done - c.failed - skipped)}
 
 
 def _converted(result: Generated, spec: ConvertSpec) -> Generated:
