@@ -245,7 +245,7 @@ class Run:
         for variant in stream:
             if only and variant.id not in only:
                 continue
-            if limit is not None and variant.ordinal >= limit:
+            if limit is not None and variant.ordinal > limit:  # ordinals count from 1
                 continue
             yield variant
 
