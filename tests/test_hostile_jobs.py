@@ -291,3 +291,11 @@ def test_real_aliases_and_merge_keys_still_work(tmp_path: Path,
                       "  - {prompt: a, <<: *d, height: 64}\n")
     payload = plan["first"][0]["payload"]
     assert payload["steps"] == 20 and payload["height"] == 64
+
+
+def test_replace_cannot_blow_up_a_prompt(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    job = _write(tmp_path, "prompts: ['" + "a " * 500 + "']\nreplace:\n  - [a, '" + "x" * 5000
+                 + "']\n", "replace_bomb")
+    err = _run_bad(tmp_path, capsys, job)
+    assert "replace" in err and "longer than" in err

@@ -44,6 +44,7 @@ class _Template:
     base: dict[str, Any] | None = None  # defaults + overrides + negative, before the axes
     checkpoint: str | None = None  # the checkpoint ``base`` asks for
     seed: int | None = None  # a per-prompt fixed seed
+    chars: int = 0  # the longest text it expands to
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +78,13 @@ def build_plan(spec: JobSpec) -> Plan:
     parsed: list[_Template] = []
     for i, item in enumerate(spec.prompts):
         p = item if isinstance(item, PromptSpec) else PromptSpec(prompt=item)
-        node, texts = None, 1
+        node, texts, chars = None, 1, len(p.prompt)
         try:
             if not p.raw:
                 node = templates.parse(p.prompt)
                 for name in sorted(templates.wildcard_names(node)):
                     store.options(name)  # a missing wildcard is an error now, not mid-run
-                _check_size(node, store)
+                chars = _check_size(node, store)
                 texts = templates.count(node, store)  # so is a choose-k larger than a wildcard
             elif len(p.prompt) > MAX_PROMPT_CHARS:
                 raise JobError(f"the prompt has {len(p.prompt)} characters; the most is "
@@ -99,7 +100,8 @@ def build_plan(spec: JobSpec) -> Plan:
         base["negative_prompt"] = negative or ""
         seed = overrides.get("seed")
         parsed.append(_Template(i, p.prompt, p.negative_prompt, overrides, node, p.name, texts,
-                                base, checkpoint_of(base), None if seed is None else int(seed)))
+                                base, checkpoint_of(base), None if seed is None else int(seed),
+                                chars))
     axes = _axes(spec, parsed)
     server_seeds = None
     if isinstance(spec.seeds, SeedCount):
@@ -113,8 +115,9 @@ def build_plan(spec: JobSpec) -> Plan:
                 ckpt_values)
 
 
-def _check_size(node: Any, store: Any) -> None:
-    """Nesting and expanded length within bounds, before anything recursive walks the tree."""
+def _check_size(node: Any, store: Any) -> int:
+    """Nesting and expanded length within bounds, before anything recursive walks the tree;
+    returns the length of the longest expansion."""
     depth = templates.nesting(node, store.depth)
     limit = templates.wildcards.MAX_NESTING
     if depth > limit:
@@ -125,6 +128,7 @@ def _check_size(node: Any, store: Any) -> None:
         raise JobError(f"the prompt can expand to {longest} characters; the most is "
                        f"{MAX_PROMPT_CHARS}", hint="wildcards that use wildcards several times "
                        "multiply the length; shorten the chain or choose fewer options")
+    return longest
 
 
 def _checkpoint_axis(axes: tuple[Axis, ...]) -> tuple[int | None, tuple[str | None, ...]]:
@@ -209,14 +213,21 @@ def _resolve_input_images(spec: JobSpec) -> JobSpec:
 
 def _axes(spec: JobSpec, parsed: list[_Template]) -> tuple[Axis, ...]:
     axes: list[Axis] = []
+    grown = {t.index: t.chars for t in parsed}
     for n, values in enumerate(spec.replace):
         search = values[0]
+        longest = max(len(v) for v in values)
         for t in parsed:
             if search not in t.text:
                 raise JobError(f"replace axis {n + 1} searches for {search!r}, which prompt "
                                f"{t.index + 1} ({t.text[:60]!r}) does not contain",
                                path=spec.source_path, where=f"replace[{n}]",
                                hint="the first value of a replace axis must appear in every prompt")
+            grown[t.index] += t.text.count(search) * max(0, longest - len(search))
+            if grown[t.index] > MAX_PROMPT_CHARS:
+                raise JobError(f"replace axis {n + 1} can make prompt {t.index + 1} longer than "
+                               f"{MAX_PROMPT_CHARS} characters", path=spec.source_path,
+                               where=f"replace[{n}]", hint="use shorter replacements")
         axes.append(Axis(f"replace:{search}", "replace", tuple(values)))
     if spec.loras is not None:
         values: list[Any] = []

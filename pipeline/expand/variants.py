@@ -35,8 +35,9 @@ import orjson
 
 from pipeline import prompts as templates
 from pipeline.expand import inputs
-from pipeline.expand.plan import (Axis, Plan, _Template, checkpoint_of, combination_count,
-                                  seeds_of, set_dotted)
+from pipeline.errors import JobError
+from pipeline.expand.plan import (MAX_PROMPT_CHARS, Axis, Plan, _Template, checkpoint_of,
+                                  combination_count, seeds_of, set_dotted)
 from pipeline.job.fields import payload_key
 from pipeline.model import Variant
 
@@ -147,7 +148,13 @@ def _apply(plan: Plan, template: _Template, text: str, axes: tuple[Axis, ...],
     axis_values: list[tuple[str, Any]] = []
     for axis, value in zip(axes, combo):
         if axis.kind == "replace":
-            prompt = prompt.replace(axis.values[0], value)
+            search = axis.values[0]
+            if len(prompt) + prompt.count(search) * (len(value) - len(search)) > MAX_PROMPT_CHARS:
+                raise JobError(f"replacing {search!r} makes a prompt longer than "
+                               f"{MAX_PROMPT_CHARS} characters", path=plan.spec.source_path,
+                               where=axis.name, hint="use shorter replacements, or search for "
+                               "text that occurs less often")
+            prompt = prompt.replace(search, value)
             axis_values.append((axis.name, value))
         elif axis.kind == "lora":
             if value is None:
@@ -207,3 +214,11 @@ class _Repeat:
 
     def __iter__(self) -> Iterator[int]:
         return itertools.repeat(self.value, self.n)
+
+
+# The expansion's own rules, for views that walk the same order without building payloads
+# (``pipeline.grid.expected``): the prompt texts in job order, the seeds of one prompt text,
+# and how an axis value is labelled.
+prompt_texts = _prompt_texts
+seeds_for = _seeds_for
+axis_label = _label

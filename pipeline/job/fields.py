@@ -81,7 +81,7 @@ FIELD_TYPES: dict[str, FieldType] = {
     "seed_resize_from_h": FieldType("int", -1, 16384),
     "seed_resize_from_w": FieldType("int", -1, 16384),
     "sampler_name": _STR, "sampler_index": _STR, "scheduler": _STR,
-    "batch_size": FieldType("int", 1, 1024), "n_iter": FieldType("int", 1, 10000),
+    "batch_size": FieldType("int", 1, 256), "n_iter": FieldType("int", 1, 1000),
     "steps": FieldType("int", 1, 10000), "cfg_scale": _FLOAT, "distilled_cfg_scale": _FLOAT,
     "width": _SIDE, "height": _SIDE, "restore_faces": _BOOL, "tiling": _BOOL,
     "do_not_save_samples": _BOOL, "do_not_save_grid": _BOOL, "eta": _FLOAT,
