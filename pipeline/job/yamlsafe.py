@@ -49,11 +49,17 @@ def _construct_str(loader: Any, node: yaml.ScalarNode) -> str:
     return fix_surrogates(loader.construct_scalar(node), node.start_mark)
 
 
-def _construct_int(loader: Any, node: yaml.ScalarNode) -> int:
-    try:
-        return yaml.SafeLoader.construct_yaml_int(loader, node)
-    except ValueError as exc:  # e.g. more than 4300 digits
-        raise YamlLimitError(f"cannot read the number ({exc})", node.start_mark) from None
+def _checked(construct: Any, what: str) -> Any:
+    """A scalar constructor whose failures (``!!float abc``, ``!!bool maybe``, an int of 5000
+    digits) are marked YAML errors, not ValueError/KeyError tracebacks."""
+
+    def run(loader: Any, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise YamlLimitError(f"cannot read {node.value[:40]!r} as {what} ({exc})",
+                                 node.start_mark) from None
+    return run
 
 
 def _refuse(loader: Any, node: yaml.Node) -> Any:
@@ -66,7 +72,12 @@ def _short_tag(tag: str) -> str:
 
 
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:int", _checked(yaml.SafeLoader.construct_yaml_int,
+                                                          "a whole number"))
+_Loader.add_constructor("tag:yaml.org,2002:float",
+                        _checked(yaml.SafeLoader.construct_yaml_float, "a number"))
+_Loader.add_constructor("tag:yaml.org,2002:bool",
+                        _checked(yaml.SafeLoader.construct_yaml_bool, "true or false"))
 for _tag in ("binary", "set", "omap", "pairs", "timestamp"):
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse)
 _Loader.add_constructor(None, _refuse)
@@ -142,7 +153,10 @@ def load(text: str) -> tuple[yaml.Node | None, Any]:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        try:
+            data = loader.construct_document(node) if node is not None else None
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # a constructor's own
+            raise YamlLimitError(f"cannot read a value ({exc})", None) from None
     finally:
         loader.dispose()
     return node, data
