@@ -72,3 +72,11 @@ seeds: [1, 2, 3]
     records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in records) == sorted([ids[0], ids[2]])
     assert first[-1]["status"] == "complete"
+
+
+def test_check_with_every_backend_down_exits_2(write_job, capsys) -> None:
+    job = write_job('backends: [{url: "http://127.0.0.1:9"}]\nprompts: ["a"]\n')
+    assert main(["check", str(job)]) == 2
+    out = capsys.readouterr().out
+    assert "nothing could be checked" in out and "ok: the job can run" not in out
+    assert "http://127.0.0.1:9" in out, "URLs are printed whole when piped"

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from pipeline import expand
 from pipeline.backends.preflight import Verdict, inspect_all, job_requirements, judge
+from pipeline.errors import ExitStatus
 
 
 def add_parser(sub: Any) -> None:
@@ -38,7 +39,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     spec = load_job(args.job)
     backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)
     if not backends:
-        raise UsageError("the job lists no backends; name one with --backend URL")
+        raise UsageError("the job lists no backends; name one with --backend URL (or run "
+                         "'sdbatch sim' and point at it)")
     plan = expand.build_plan(spec)
 
     async def ask() -> list[Any]:
@@ -46,11 +48,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             return await inspect_all(session, backends)
 
     verdict = judge(job_requirements(plan), asyncio.run(ask()), spec)
+    reachable = [i for i in verdict.infos if i.reachable and not i.auth_rejected]
+    problems = list(verdict.problems)
+    if not reachable:
+        problems.insert(0, "no backend answered, so nothing could be checked: start the "
+                           "backends (or fix their URLs) and run 'sdbatch check' again")
     if args.json:
-        sys.stdout.write(orjson.dumps(as_json(verdict)).decode() + "\n")
+        data = as_json(verdict)
+        data["ok"], data["problems"] = not problems, problems
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")
     else:
-        print_verdict(verdict)
-    return 0 if verdict.ok else 2
+        print_verdict(verdict, problems, plain=not sys.stdout.isatty())
+    return ExitStatus.OK if not problems else ExitStatus.USAGE
 
 
 def as_json(verdict: Verdict) -> dict[str, Any]:
@@ -58,40 +67,77 @@ def as_json(verdict: Verdict) -> dict[str, Any]:
         "ok": verdict.ok,
         "problems": list(verdict.problems),
         "backends": [{"backend": i.label, "reachable": i.reachable, "error": i.error,
-                      "auth_rejected": i.auth_rejected, "server": i.server,
-                      "loaded_model": i.loaded_model,
+                      "auth_rejected": i.auth_rejected, "server": i.server, "kind": i.kind,
+                      "version": i.version, "loaded_model": i.loaded_model,
                       "dynamic_prompts": i.dynamic_prompts,
                       "lists": {k: list(v) for k, v in i.shown.items()}} for i in verdict.infos],
         "names": [{"kind": f.kind, "name": f.name, "available_on": list(f.available_on),
-                   "missing_on": list(f.missing_on), "suggestions": list(f.suggestions)}
+                   "missing_on": list(f.missing_on), "suggestions": _suggestions(f)}
                   for f in verdict.findings],
     }
 
 
-def print_verdict(verdict: Verdict) -> None:
-    console = Console(highlight=False)
-    table = Table(title="backends", title_justify="left")
-    for col in ("backend", "state", "server", "loaded", "checkpoints", "samplers", "schedulers",
-                "LoRAs", "VAEs", "embeddings"):
-        table.add_column(col)
-    for i in verdict.infos:
-        state = "[green]ok[/]" if i.reachable and not i.auth_rejected else (
-            "[red]auth rejected[/]" if i.auth_rejected else "[red]down[/]")
-        table.add_row(i.label, state, i.server or (i.error[:60] if i.error else "-"),
-                      i.loaded_model or "-",
-                      *(str(len(i.shown[k])) if k in i.shown else "-" for k in
-                        ("checkpoint", "sampler", "scheduler", "lora", "vae", "embedding")))
-    console.print(table)
-    if verdict.findings:
-        names = Table(title="names the job uses", title_justify="left")
-        for col in ("kind", "name", "on", "missing on", "did you mean"):
-            names.add_column(col)
+def _suggestions(finding: Any) -> list[str]:
+    """Real names close to the one asked for: never the name itself."""
+    return [s for s in finding.suggestions if s.lower() != finding.name.lower()]
+
+
+LISTS = (("checkpoint", "checkpoints"), ("sampler", "samplers"), ("scheduler", "schedulers"),
+         ("lora", "LoRAs"), ("vae", "VAEs"), ("embedding", "embeddings"))
+
+
+def print_verdict(verdict: Verdict, problems: list[str], *, plain: bool) -> None:
+    """A table on a terminal; plain lines (nothing cut) when piped or redirected."""
+    console = Console(highlight=False, width=None if not plain else 10_000)
+    down = [i.label for i in verdict.infos if not i.reachable or i.auth_rejected]
+    if plain:
+        for i in verdict.infos:
+            state = "ok" if i.reachable and not i.auth_rejected else (
+                "auth rejected" if i.auth_rejected else "down")
+            lists = ", ".join(f"{len(i.shown[k])} {label}" for k, label in LISTS if k in i.shown)
+            detail = (f"{i.server or i.kind}; loaded {i.loaded_model or '-'}; {lists}"
+                      if state == "ok" else i.error)
+            print(f"backend {i.label}: {state}: {detail}")
         for f in verdict.findings:
-            names.add_row(f.kind, f.name, ", ".join(f.available_on) or "[red]none[/]",
-                          ", ".join(f.missing_on) or "-",
-                          ", ".join(f.suggestions) if f.missing_on else "")
-        console.print(names)
-    if verdict.ok:
-        console.print("[green]ok: the job can run[/]")
-    for problem in verdict.problems:
-        console.print(f"[red]problem:[/] {problem}", markup=True)
+            where = ", ".join(f.available_on) or "no backend"
+            line = f"{f.kind} {f.name!r}: on {where}"
+            if f.missing_on:
+                line += f"; missing on {', '.join(f.missing_on)}"
+                if _suggestions(f):
+                    line += f"; did you mean {', '.join(map(repr, _suggestions(f)))}?"
+            if down:
+                line += f"; not checked on {', '.join(down)} (down)"
+            print(line)
+    else:
+        table = Table(title="backends", title_justify="left")
+        for col in ("backend", "state", "server", "loaded", *(label for _, label in LISTS)):
+            table.add_column(col, overflow="fold")
+        for i in verdict.infos:
+            state = "[green]ok[/]" if i.reachable and not i.auth_rejected else (
+                "[red]auth rejected[/]" if i.auth_rejected else "[red]down[/]")
+            table.add_row(i.label, state, i.server or i.error or "-", i.loaded_model or "-",
+                          *(str(len(i.shown[k])) if k in i.shown else "-" for k, _ in LISTS))
+        console.print(table)
+        if verdict.findings:
+            names = Table(title="names the job uses", title_justify="left")
+            for col in ("kind", "name", "on", "missing on", "did you mean"):
+                names.add_column(col, overflow="fold")
+            for f in verdict.findings:
+                names.add_row(f.kind, f.name, ", ".join(f.available_on) or "[red]none[/]",
+                              ", ".join(f.missing_on) or "-",
+                              ", ".join(_suggestions(f)) if f.missing_on else "")
+            console.print(names)
+        if down and verdict.findings:
+            console.print(f"[yellow]not checked on {', '.join(down)}: down[/]")
+    if not problems:
+        note = f" (not checked on {', '.join(down)}: down)" if down else ""
+        _say(console, plain, f"ok: the job can run{note}", "green")
+    for problem in problems:
+        _say(console, plain, f"problem: {problem}", "red")
+
+
+def _say(console: Console, plain: bool, text: str, style: str) -> None:
+    if plain:
+        print(text)
+    else:
+        console.print(text, style=style, markup=False)
