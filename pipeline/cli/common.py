@@ -85,8 +85,8 @@ def positive_float(name: str) -> Any:
     def parse(text: str) -> float:
         try:
             value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} needs a number, not {text!r}") from None
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name} needs a number, not {text!r}") from exc
         if not (0 <= value < float("inf")):
             raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, not {text}")
         return value

@@ -87,7 +87,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         try:
             renderer.render()
         except JobError as exc:
-            raise _usage(exc, args) from None
+            raise _usage(exc, args) from exc
         wrote += len(renderer.last_sheets)
         _report(out, renderer)
     if not wrote:
@@ -127,7 +127,7 @@ def _named_view(args: argparse.Namespace, views: Any, spec: Any) -> Any:
         grid = GridSpec.model_validate(raw)
     except ValidationError as exc:
         msg = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
-        raise UsageError(f"sdbatch grid: {msg}") from None
+        raise UsageError(f"sdbatch grid: {msg}") from exc
     return views.renderer(view_name(args.name) if args.name else NAME_FROM_AXES, grid=grid,
                           fmt=args.format, cell_px=args.cell_px)
 

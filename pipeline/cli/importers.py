@@ -37,11 +37,11 @@ def convert(path: Path, fmt: str, name: str | None = None) -> dict[str, Any]:
     parse = parse_kohya_line if fmt == "kohya" else parse_prompts_file_line
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise JobError("no such file", path=str(path), hint="check the path") from None
+    except FileNotFoundError as exc:
+        raise JobError("no such file", path=str(path), hint="check the path") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise JobError(f"cannot be read ({exc})", path=str(path),
-                       hint="a prompt list is UTF-8 text, one prompt per line") from None
+                       hint="a prompt list is UTF-8 text, one prompt per line") from exc
     prompts = []
     for lineno, line in enumerate(lines, 1):
         fields = parse(line, lineno, str(path))

@@ -202,7 +202,7 @@ def save_atomic(image: Image.Image, path: Path, fmt: str, *, quality: int = 90) 
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise output_error(exc, path) from None
+        raise output_error(exc, path) from exc
     except Exception:
         tmp.unlink(missing_ok=True)
         raise

@@ -87,7 +87,7 @@ def load_run_job(out_dir: Path) -> JobSpec | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise output_error(exc, path) from None
+        raise output_error(exc, path) from exc
     base_dir = str(out_dir)
     try:
         run = orjson.loads((out_dir / RUN_FILE).read_bytes())
@@ -255,7 +255,7 @@ class GridRenderer:
                 grid = GridSpec.model_validate({**grid.model_dump(), **self._overrides})
             except ValidationError as exc:
                 msg = exc.errors(include_url=False)[0]["msg"]
-                raise UsageError(f"grid: {', '.join(self._overrides)}: {msg}") from None
+                raise UsageError(f"grid: {', '.join(self._overrides)}: {msg}") from exc
         return grid
 
     # --- writing ---------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ class GridRenderer:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise output_error(exc, path) from None
+            raise output_error(exc, path) from exc
         replace_file(path, orjson.dumps(index, option=orjson.OPT_INDENT_2), fsync=False)
 
     def _name(self, grid: GridSpec, spec: JobSpec | None) -> str:

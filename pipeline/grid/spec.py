@@ -174,7 +174,7 @@ def _validate(raw: Any, path: str | None) -> GridSpec:
         elif err["type"] in ("model_type", "dict_type"):
             hint = "write grid: as a mapping, e.g. {x: lora, y: seed}"
         where = f"grid.{loc}" if loc else "grid"
-        raise JobError(msg, path=path, where=where, hint=hint) from None
+        raise JobError(msg, path=path, where=where, hint=hint) from exc
 
 
 def _text(value: Any) -> str:

@@ -40,4 +40,4 @@ def replace_file(path: Path, chunks: bytes | Iterable[bytes], *, fsync: bool = T
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise output_error(exc, path) from None
+        raise output_error(exc, path) from exc

@@ -32,7 +32,7 @@ class DirectoryLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if time.monotonic() >= deadline:
                     holder = _read_pid(fd)
                     os.close(fd)
@@ -40,7 +40,7 @@ class DirectoryLock:
                     raise OutputInUse(
                         f"{self.path.parent} is in use by {who}: two runs must never write one "
                         "output directory\n  fix: wait for it to finish (or stop it), or choose "
-                        "another --out") from None
+                        "another --out") from exc
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -159,7 +159,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
     try:
         return _build(get, schedulers)
     except ValueError as exc:
-        raise UsageError(f"sdbatch sim: {exc}") from None
+        raise UsageError(f"sdbatch sim: {exc}") from exc
 
 
 def _build(get: Any, schedulers: tuple[str, ...] | None) -> SimConfig:

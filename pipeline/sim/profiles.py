@@ -102,5 +102,5 @@ PROFILES: dict[str, ServerProfile] = {
 def profile_named(name: str) -> ServerProfile:
     try:
         return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"profile {name!r} is not one of {', '.join(PROFILES)}") from None
+    except KeyError as exc:
+        raise ValueError(f"profile {name!r} is not one of {', '.join(PROFILES)}") from exc

@@ -128,7 +128,7 @@ def parse_request(raw: bytes, *, pydantic_v1_wording: bool,
     try:
         data = orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError as exc:
-        raise _json_error(raw, exc, full_v2) from None
+        raise _json_error(raw, exc, full_v2) from exc
     if data is None:
         if full_v2:
             raise RequestInvalid(422, {"detail": [{"type": "missing", "loc": ["body"],
@@ -149,7 +149,7 @@ def parse_request(raw: bytes, *, pydantic_v1_wording: bool,
         return GenerationRequest.model_validate(data), data
     except ValidationError as exc:
         raise RequestInvalid(422, {"detail": [_error(e, pydantic_v1_wording, full_v2)
-                                              for e in exc.errors()]}) from None
+                                              for e in exc.errors()]}) from exc
 
 
 def _json_error(raw: bytes, exc: orjson.JSONDecodeError, full_v2: bool) -> RequestInvalid:

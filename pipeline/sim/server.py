@@ -203,9 +203,9 @@ def _check_init_images(req: GenerationRequest, config: SimConfig) -> None:
         try:
             with Image.open(io.BytesIO(base64.b64decode(encoded))):
                 pass
-        except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
             raise RequestInvalid(500, http_error_for(config, 500,
-                                                 "Invalid encoded image")) from None
+                                                 "Invalid encoded image")) from exc
 
 
 # --- the rest of the API --------------------------------------------------------------------
@@ -468,7 +468,7 @@ async def _serve(config: SimConfig, host: str, port: int,
         server = await start_sim(config, host=host, port=port)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose "
-                         "another --port or stop what uses it") from None
+                         "another --port or stop what uses it") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)

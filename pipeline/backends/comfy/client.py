@@ -238,7 +238,7 @@ class ComfyClient:
             suffix = variant.id if attempt == 1 else f"{variant.id}_a{attempt}"
             filled = fill(template, values, loras, prefix_suffix=suffix)
         except JobError as exc:
-            raise WorkflowRejected(f"{self.label}: {exc}", backend=self.label) from None
+            raise WorkflowRejected(f"{self.label}: {exc}", backend=self.label) from exc
         return filled, seed
 
     async def _execute(self, prompt_id: str, filled: Filled, attempt: int, deadline: float
@@ -425,7 +425,7 @@ class ComfyClient:
             # next attempt gets another filename_prefix, so its SaveImage writes it again.
             raise BadResponseError(f"{self.label}: /view has no {ref['subfolder']}/"
                                    f"{ref['filename']} (deleted since an earlier run?); it will "
-                                   "be rendered again", backend=self.label) from None
+                                   "be rendered again", backend=self.label) from exc
         return body
 
     async def _cancel(self, prompt_id: str) -> None:

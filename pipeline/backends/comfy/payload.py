@@ -54,10 +54,10 @@ def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
                     positional.append(float(arg))
                 elif arg:
                     raise ValueError(arg)
-            except ValueError:
+            except ValueError as exc:
                 raise JobError(f"LoRA tag {match.group(0)!r}: {arg!r} is not a weight ComfyUI's "
                                "LoraLoader can take", hint="write <lora:name:weight> or "
-                                                          "<lora:name:te:unet>") from None
+                                                          "<lora:name:te:unet>") from exc
         if positional:
             te = positional[0] if te is None else te
             if len(positional) > 1 and unet is None:

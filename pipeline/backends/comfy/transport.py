@@ -58,13 +58,13 @@ class ComfyHTTP:
     def parse(self, body: bytes, path: str, status: int) -> Any:
         try:
             return orjson.loads(body)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
             if status == 400:
                 raise HTTPStatusError(f"{self.label} {path}: HTTP 400: "
                                       f"{body[:300].decode('utf-8', 'replace')}",
-                                      backend=self.label, status=400) from None
+                                      backend=self.label, status=400) from exc
             raise BadResponseError(f"{self.label} {path} did not answer JSON "
-                                   f"({len(body)} bytes)", backend=self.label) from None
+                                   f"({len(body)} bytes)", backend=self.label) from exc
 
     async def request(self, method: str, path: str, *, payload: Any = None,
                        params: dict[str, str] | None = None, timeout_s: float, cap_bytes: int,
@@ -93,25 +93,25 @@ class ComfyHTTP:
                     raise HTTPStatusError(f"{where}: HTTP {resp.status}: {text}",
                                           backend=self.label, status=resp.status)
                 return resp.status, body
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as exc:
             raise RequestTimeout(f"{where}: no complete answer within {timeout_s:g} s",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             raise TransportError(f"{where}: TLS certificate rejected ({exc.certificate_error}); "
                                  "set verify_tls: false for this backend only if you trust it",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"{where}: cannot connect ({exc.os_error.strerror or exc})",
-                                 backend=self.label) from None
-        except aiohttp.ServerDisconnectedError:
+                                 backend=self.label) from exc
+        except aiohttp.ServerDisconnectedError as exc:
             raise TransportError(f"{where}: the server closed the connection without answering",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
         except aiohttp.ClientPayloadError as exc:
             raise TransportError(f"{where}: the response broke off ({exc})",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{where}: {type(exc).__name__}: {exc}",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
 
     async def open_ws(self, client_id: str) -> aiohttp.ClientWebSocketResponse | None:
         """The socket for one prompt's messages, or None (then completion is polled)."""

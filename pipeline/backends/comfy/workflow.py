@@ -157,11 +157,11 @@ def load_workflow(source: str | Path | Mapping[str, Any], *, name: str | None = 
         except OSError as exc:
             raise JobError(f"cannot read the ComfyUI workflow ({exc.strerror or exc})",
                            path=where, hint="check the workflow path (relative paths are "
-                                            "resolved from the job file's folder)") from None
+                                            "resolved from the job file's folder)") from exc
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise JobError(f"the ComfyUI workflow is not JSON ({exc})", path=where) from None
+            raise JobError(f"the ComfyUI workflow is not JSON ({exc})", path=where) from exc
         digest_source = raw
     if not isinstance(data, dict):
         raise JobError("the ComfyUI workflow is not a JSON object", path=where)

@@ -119,4 +119,4 @@ def comfy_config_from_args(ns: argparse.Namespace) -> ComfySimConfig:
             fault_seed=get("fault_seed", 0),
         )
     except ValueError as exc:
-        raise UsageError(f"sdbatch sim --kind comfyui: {exc}") from None
+        raise UsageError(f"sdbatch sim --kind comfyui: {exc}") from exc

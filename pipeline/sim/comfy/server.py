@@ -182,7 +182,7 @@ async def _serve(config: ComfySimConfig, host: str, port: int,
         server = await start_comfy_sim(config, host=host, port=port)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose "
-                         "another --port or stop what uses it") from None
+                         "another --port or stop what uses it") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
