@@ -78,7 +78,10 @@ async def run_sdbatch(spec: dict[str, Any]) -> dict[str, Any]:
         VariantRetrying,
         VariantWritten,
     )
-    from pipeline.job.schema import BackendSpec
+    try:
+        from pipeline.job.schema import BackendSpec
+    except ImportError:  # the package before the stage folders (--pipeline with an old copy)
+        from pipeline.jobspec import BackendSpec  # type: ignore[no-redef]
 
     job = api.job_from_dict(spec["job"])
     backends = [BackendSpec(url=u, concurrency=spec.get("concurrency", 1),

@@ -685,7 +685,7 @@ def test_grid_errors_suggest_only_names_that_exist(
 
 
 def test_suggestions_come_from_the_listed_names_only() -> None:
-    from pipeline.grid.spec import suggest
+    from pipeline.job.grid import suggest
 
     axes = ["prompt", "template", "cfg_scale", "seed"]
     assert suggest("cfg", axes) == "cfg_scale"  # an alias finds the axis it stands for

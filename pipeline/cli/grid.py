@@ -101,7 +101,7 @@ def _named_view(args: argparse.Namespace, views: Any, spec: Any) -> Any:
     from pydantic import ValidationError
 
     from pipeline.grid.render import NAME_FROM_AXES, view_name
-    from pipeline.grid.spec import GridSpec
+    from pipeline.job.grid import GridSpec
 
     raw: dict[str, Any] = {}
     if spec is not None and spec.grid is not None:

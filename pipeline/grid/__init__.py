@@ -15,7 +15,7 @@
 from pipeline.grid.live import LiveOutputs
 from pipeline.grid.render import (GridRenderer, load_run_job, planned_sheets, read_index,
                                   render_grids)
-from pipeline.grid.spec import GridSpec, job_axes
+from pipeline.job.grid import GridSpec, job_axes
 from pipeline.grid.views import OutputFiles, ViewFiles, Views, output_files
 
 __all__ = ["GridRenderer", "GridSpec", "LiveOutputs", "OutputFiles", "ViewFiles", "Views",

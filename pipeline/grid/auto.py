@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.grid.spec import CHECKPOINT_KEY, GridSpec, canonical, split_axis
+from pipeline.job.grid import CHECKPOINT_KEY, GridSpec, canonical, split_axis
 
 MAX_COLS = 8
 MAX_ROWS = 12

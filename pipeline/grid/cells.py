@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.grid.expected import MAX_GRID_VARIANTS, expected_axes, identity
 from pipeline.grid.labels import is_baseline, matches_text, ordered, value_key
-from pipeline.grid.spec import GridSpec, canonical, split_axis
+from pipeline.job.grid import GridSpec, canonical, split_axis
 from pipeline.output.layout import FAILURES, MANIFEST, inside
 from pipeline.output.resume import read_records
 

@@ -25,7 +25,7 @@ import orjson
 
 from pipeline.errors import UsageError
 from pipeline.grid.labels import matches_text, value_key
-from pipeline.grid.spec import split_axis
+from pipeline.job.grid import split_axis
 
 if TYPE_CHECKING:
     from pipeline.expand.plan import Plan

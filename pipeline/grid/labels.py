@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.grid.spec import CHECKPOINT_KEY, canonical
+from pipeline.job.grid import CHECKPOINT_KEY, canonical
 
 _AXIS_TITLES = {
     "lora": "LoRA", "lora_name": "LoRA name", "lora_weight": "LoRA weight", "seed": "seed",

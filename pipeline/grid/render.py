@@ -36,7 +36,7 @@ from pipeline.grid.draw import EXTENSIONS, CellView, draw_sheet, font_for, save_
 from pipeline.grid.expected import plan_axes
 from pipeline.grid.labels import axis_title, header_label, size_text, title_label, value_key
 from pipeline.grid.layout import MAX_SIDE_PX, GridShape, SheetLayout, plan_sheets
-from pipeline.grid.spec import GridSpec, canonical, job_axes, split_axis
+from pipeline.job.grid import GridSpec, canonical, job_axes, split_axis
 from pipeline.job.naming import slugify
 from pipeline.output.atomic import output_error, replace_file
 from pipeline.output.layout import JOB_COPY, RUN_FILE, now_iso
@@ -378,7 +378,7 @@ def value_text(value: Any) -> str:
 def _check_where(grid: GridSpec, axes: list[tuple[str, str, tuple[Any, ...]]]) -> None:
     """Every held value must be one the axis has; the hint lists them (never the typed one)."""
     from pipeline.grid.labels import label_for, matches_text
-    from pipeline.grid.spec import suggest
+    from pipeline.job.grid import suggest
 
     known = {n: v for n, _, v in axes}
     for axis, wanted in grid.where.items():

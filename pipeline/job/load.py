@@ -98,7 +98,7 @@ def _parse(raw: bytes, path: str, base_dir: str, environ: Any, secrets: list[str
         raise JobError(exc.detail, path=path, where=f"line {line}, naming" if line else "naming",
                        hint=exc.hint) from None
     if spec.grid is not None:
-        from pipeline.grid.spec import GridSpec
+        from pipeline.job.grid import GridSpec
 
         try:
             GridSpec.from_job(spec.model_copy(update={"source_path": path}))

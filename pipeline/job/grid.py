@@ -19,8 +19,8 @@ did-you-mean drawn only from the axes the job has (never the name typed); friend
 (``checkpoint``, ``model``, ``cfg``, ``sampler``, ``weight``) resolve to the axis the job actually
 has. A name joined with ``+`` that is not a zip group is a composite axis: each part is resolved
 on its own, and its values are the combinations (``prompt+seed``: one row per prompt and seed).
-This module imports nothing from the job schema at import time, so ``pipeline.job.schema`` may
-import it.
+It is part of the job file's schema (the loader checks it with line numbers), and imports
+nothing from ``pipeline.job.schema`` at import time, so the schema may import it.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import JobError
+from pipeline.job.fields import CHECKPOINT_KEY, MATRIX_ALIASES
 
 if TYPE_CHECKING:
     from pipeline.job.schema import JobSpec
 
-CHECKPOINT_KEY = "override_settings.sd_model_checkpoint"
-# Names a user may write for an axis the job spells differently (values: the canonical key).
+# Names a user may write for an axis the job spells differently (values: the canonical key):
+# the job's field aliases, plus names people use for grid axes.
 FRIENDLY_ALIASES = {
-    "checkpoint": CHECKPOINT_KEY, "model": CHECKPOINT_KEY, "sd_model_checkpoint": CHECKPOINT_KEY,
-    "vae": "override_settings.sd_vae", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    **MATRIX_ALIASES, "sd_model_checkpoint": CHECKPOINT_KEY,
     "cfg": "cfg_scale", "sampler": "sampler_name", "weight": "lora_weight",
     "lora_strength": "lora_weight", "seeds": "seed", "prompts": "prompt",
     "size": "width+height", "resolution": "width+height",
