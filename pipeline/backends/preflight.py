@@ -242,13 +242,16 @@ def _checkpoint_spellings(ref: CheckpointRef) -> list[str]:
     return [str(x) for x in out if x]
 
 
-async def inspect_all(session: aiohttp.ClientSession, backends: Iterable[BackendSpec]
-                      ) -> list[BackendInfo]:
-    """Every backend's ``BackendInfo``, asked concurrently (each one request at a time). A
-    ComfyUI backend is not asked here: it has no WebUI lists (its names are unknowable here)."""
+async def inspect_all(session: aiohttp.ClientSession, backends: Iterable[BackendSpec], *,
+                      job: JobSpec | None = None) -> list[BackendInfo]:
+    """Every backend's ``BackendInfo``, asked concurrently (each one request at a time), each
+    by its own kind's client. ``job`` locates a ComfyUI backend's relative workflow path."""
     async def inspect(spec: BackendSpec) -> BackendInfo:
-        if spec.kind != "webui":
-            return BackendInfo(spec.label, reachable=True, kind=spec.kind, server=spec.kind)
+        if spec.kind == "comfyui":
+            from pipeline.backends.comfy.client import ComfyClient
+            from pipeline.backends.comfy.inspect import inspect_backend as inspect_comfy
+
+            return await inspect_comfy(ComfyClient(session, spec, job=job))
         return await inspect_backend(WebUIClient(session, spec))
 
     return list(await asyncio.gather(*(inspect(b) for b in backends)))
@@ -427,7 +430,7 @@ def router(verdict: Verdict) -> CanServe | None:
 async def check_backends(session: aiohttp.ClientSession, spec: JobSpec, plan: expand.Plan,
                          backends: Iterable[BackendSpec]) -> Verdict:
     """The preflight ``sdbatch run`` does: the verdict, or ``PreflightError`` when it cannot run."""
-    infos = await inspect_all(session, backends)
+    infos = await inspect_all(session, backends, job=spec)
     verdict = judge(job_requirements(plan), infos, spec)
     if not verdict.ok:
         raise PreflightError("the job cannot run on these backends:\n  - "

@@ -45,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     async def ask() -> list[Any]:
         async with aiohttp.ClientSession() as session:
-            return await inspect_all(session, backends)
+            return await inspect_all(session, backends, job=spec)
 
     verdict = judge(job_requirements(plan), asyncio.run(ask()), spec)
     reachable = [i for i in verdict.infos if i.reachable and not i.auth_rejected]

@@ -102,6 +102,34 @@ async def open_run(request: RunRequest, *, listeners: tuple[Listener, ...] = (),
                 b.label: make_client(session, b, preflight.setup_for(verdict, b.label),
                                      job=request.spec)
                 for b in backends}
+            can_serve = await _with_adoption(clients, preflight.router(verdict))
             yield Run(request.spec, request.plan, options, clients, listeners=listeners,
-                      can_serve=preflight.router(verdict), notices=routing_notices(verdict),
-                      results=results)
+                      can_serve=can_serve, notices=routing_notices(verdict), results=results)
+
+
+async def _with_adoption(clients: dict[str, Backend], can_serve: Any) -> Any:
+    """After a kill, a ComfyUI server may still hold (or have finished) prompts the killed run
+    sent: route each such variant back to that server, which adopts the result instead of
+    generating it again."""
+    from pipeline.backends.comfy.client import ComfyClient, prompt_id_for
+    from pipeline.errors import BackendError
+
+    held: dict[str, frozenset[str]] = {}
+    for label, client in clients.items():
+        if isinstance(client, ComfyClient):
+            try:
+                held[label] = await client.submitted_prompts()
+            except BackendError:
+                continue
+    held = {label: ids for label, ids in held.items() if ids}
+    if not held:
+        return can_serve
+
+    def serve(label: str, variant: Any) -> bool:
+        first = prompt_id_for(variant.id, 1)
+        for owner, ids in held.items():
+            if first in ids:
+                return label == owner
+        return can_serve(label, variant) if can_serve is not None else True
+
+    return serve
