@@ -80,3 +80,17 @@ def test_check_with_every_backend_down_exits_2(write_job, capsys) -> None:
     out = capsys.readouterr().out
     assert "nothing could be checked" in out and "ok: the job can run" not in out
     assert "http://127.0.0.1:9" in out, "URLs are printed whole when piped"
+
+
+def test_check_probe_reports_a_substitution(sim, write_job, capsys) -> None:
+    from pipeline.sim.config import SimConfig  # noqa: F401  (the profile knob)
+
+    backend = sim(profile="forge")
+    job = write_job(f"""
+backends: [{{url: "{backend.url}"}}]
+defaults: {{width: 64, height: 64, sampler_name: "Euler a"}}
+prompts: ["a cube"]
+""")
+    assert main(["check", str(job), "--probe", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "probe: the probe makes 1 tiny generation" in out and "honoured" in out

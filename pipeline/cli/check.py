@@ -28,6 +28,13 @@ def add_parser(sub: Any) -> None:
                        "the job can run, 2 when it cannot.")
     _add_job_selection(p)
     p.add_argument("--json", action="store_true", help="one JSON object (for scripts)")
+    p.add_argument("--probe", action="store_true",
+                   help="also prove each backend honours every name: one tiny generation "
+                        "(64x64, 1 step) per distinct checkpoint/LoRA/sampler/scheduler/VAE "
+                        "combination the job uses, with the infotext read back (its cost is "
+                        "printed first)")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="with --probe: do not ask before spending the probe's generations")
     p.set_defaults(func=cmd_check)
 
 
@@ -53,6 +60,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not reachable:
         problems.insert(0, "no backend answered, so nothing could be checked: start the "
                            "backends (or fix their URLs) and run 'sdbatch check' again")
+    elif args.probe and not verdict.problems:
+        problems += _probe(plan, verdict, backends, quiet=args.json, ask=not args.yes)
     if args.json:
         data = as_json(verdict)
         data["ok"], data["problems"] = not problems, problems
@@ -60,6 +69,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print_verdict(verdict, problems, plain=not sys.stdout.isatty())
     return ExitStatus.OK if not problems else ExitStatus.USAGE
+
+
+def _probe(plan: Any, verdict: Verdict, backends: list[Any], *, quiet: bool, ask: bool
+           ) -> list[str]:
+    """``check --probe``: tiny generations that prove each name is honoured, not substituted."""
+    from pipeline.backends.probe import name_combinations, probe_cost, probe_names
+
+    combos = name_combinations(plan)
+    cost = probe_cost(combos, verdict)
+    say = (lambda text: print(text, file=sys.stderr)) if quiet else print
+    say(f"probe: {cost.describe()}")
+    if ask and sys.stdin.isatty():
+        if input("go ahead? [y/N] ").strip().lower() not in ("y", "yes"):
+            return ["the probe was not run (answer y, or pass --yes)"]
+
+    async def run() -> dict[str, list[Any]]:
+        async with aiohttp.ClientSession() as session:
+            return await probe_names(session, backends, verdict, combos, plan=plan)
+
+    problems = []
+    for label, findings in asyncio.run(run()).items():
+        for f in findings:
+            if f.ok:
+                say(f"probe {label}: {f.combo.describe()}: honoured ({f.elapsed_s:.1f} s)")
+                continue
+            what = "; ".join(f.substituted) or f.error
+            problems.append(f"{label} did not honour {f.combo.describe()}: {what}")
+    return problems
 
 
 def as_json(verdict: Verdict) -> dict[str, Any]:
