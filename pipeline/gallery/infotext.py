@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.infotext import format_params
+
 log = logging.getLogger(__name__)
 
 # Payload field -> infotext key, in the WebUI's order.
@@ -50,18 +52,9 @@ def compose(record: dict[str, Any]) -> str:
     if "denoising_strength" in values and not params.get("enable_hr") \
             and not params.get("init_images"):
         values.pop("denoising_strength")
-    pairs = [f"{label}: {_text(values[key])}" for key, label in _FIELDS
-             if values.get(key) not in (None, "")]
+    pairs = {label: values[key] for key, label in _FIELDS if values.get(key) not in (None, "")}
     lines = [str(prompt)]
     if negative:
         lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(pairs))
+    lines.append(format_params(pairs))
     return "\n".join(lines)
-
-
-def _text(value: Any) -> str:
-    text = str(value)
-    if any(c in text for c in ',:"\n'):
-        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    return text

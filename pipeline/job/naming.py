@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import JobError
 from pipeline.job.fields import payload_key
+from pipeline.names import strip_network_tags
 
 if TYPE_CHECKING:
     from pipeline.job.schema import JobSpec
@@ -42,7 +43,6 @@ MAX_AXIS_CHARS = 40
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
-_LORA_TAG = re.compile(r"<(lora|lyco|hypernet):[^>]*>", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
 _FILL = r"(?:[0-9A-Za-z_. -]?[<>=^])?"
 _INT_SPEC = re.compile(rf"^{_FILL}[+ -]?#?0?(?P<width>\d+)?[,_]?[dxXob]?$")
@@ -54,7 +54,7 @@ BUILTIN = {"ordinal": 27, "index": 27, "seed": MAX_SLUG_CHARS, "id": 16, "slug":
 def slugify(text: Any, max_chars: int = MAX_SLUG_CHARS) -> str:
     """A safe file-name piece: ASCII letters, digits, ``._-``; never empty, ``.`` or ``..``."""
     raw = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
-    raw = _LORA_TAG.sub("", raw) if "<" in raw else raw
+    raw = strip_network_tags(raw)
     slug = _UNSAFE.sub("_", raw).strip("._-")[:max_chars].strip("._-")
     if not slug:
         return "x"

@@ -29,6 +29,7 @@ from pipeline.errors import BackendError, ExitStatus, OutputError, SdbatchError
 from pipeline.events import (AllBackendsDown, BackendChanged, Event, Listener, RunFinished,
                              RunStarted, Stopping, VariantSkipped)
 from pipeline.job.naming import Namer
+from pipeline.names import same_checkpoint
 from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.output.prune import count_stale, job_ids
 from pipeline.output.resume import ResumeFilter
@@ -371,13 +372,9 @@ def _first(group: BaseExceptionGroup) -> BaseException:
 
 def match_checkpoint(loaded: Any, wanted: list[str | None]) -> str | None:
     """Which of the job's checkpoint names the backend's loaded model is, if any."""
-    from pipeline.backends.webui.response import checkpoint_matches, title_parts
-
     if not isinstance(loaded, str):
         return None
-    stem, model_hash = title_parts(loaded)
-    info = {"sd_model_name": stem, "sd_model_hash": model_hash}
     for name in wanted:
-        if name is not None and checkpoint_matches(name, info):
+        if name is not None and same_checkpoint(name, loaded):
             return name
     return None

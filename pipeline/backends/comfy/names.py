@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import HTTPStatusError
+from pipeline.names import HASH_SUFFIX
 
 SAMPLERS: dict[str, str] = {
     "Euler": "euler", "Euler a": "euler_ancestral", "Heun": "heun", "LMS": "lms",
@@ -92,7 +93,6 @@ def split_legacy_sampler(name: str) -> tuple[str, str] | None:
     return None
 
 
-_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
 _MODEL_EXT = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)
 FILE_KINDS = ("checkpoint", "lora", "vae")
 
@@ -249,7 +249,7 @@ class Names:
 
 def file_matches(name: str, files: Iterable[str]) -> list[str]:
     """Files ``name`` may mean: by base name, or by base name without extension."""
-    want = _HASH_SUFFIX.sub("", name.strip()).replace("\\", "/")
+    want = HASH_SUFFIX.sub("", name.strip()).replace("\\", "/")
     base = want.rsplit("/", 1)[-1]
     files = list(files)
     exact = [f for f in files if f.replace("\\", "/") == want

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.backends.comfy.workflow import PAYLOAD_FIELDS, SLOTS, SLOTS_KEY, Template
+from pipeline import names
 from pipeline.errors import JobError
 
 # Payload fields that never change a txt2img image, or only when another field switches them on.
@@ -29,44 +30,30 @@ _HARMLESS = frozenset({
 })
 # Values that are the WebUI's defaults, so asking for them changes nothing.
 _DEFAULTS = {"override_settings.CLIP_stop_at_last_layers": 1, "styles": [], "eta": None}
-_LORA_TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^:>]*)*)>", re.IGNORECASE)
 def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
     """Cut ``<lora:name:w>`` tags out of a prompt: (text, [(name, te_weight, unet_weight)]).
 
-    A1111's forms: ``<lora:name>`` (1.0), ``<lora:name:w>``, ``<lora:name:te:unet>``,
-    ``<lora:name:te=0.5:unet=0.8>``. Anything else is a ``JobError``.
+    A1111's forms (read by ``pipeline.names``, the one tag reader): ``<lora:name>`` (1.0),
+    ``<lora:name:w>``, ``<lora:name:te:unet>``, ``<lora:name:te=0.5:unet=0.8>``. A weight that is
+    not a number is a ``JobError``: ComfyUI's LoraLoader needs numbers.
     """
+    found = names.lora_tags(prompt)
     tags: list[tuple[str, float, float]] = []
-
-    def cut(match: re.Match[str]) -> str:
-        name = match.group(2).strip()
-        args = [a.strip() for a in match.group(3).split(":")[1:]]
-        te: float | None = None
-        unet: float | None = None
-        positional: list[float] = []
-        for arg in args:
-            key, eq, value = arg.partition("=")
-            try:
-                if eq and key.strip() in ("te", "unet"):
-                    number = float(value)
-                    te, unet = (number, unet) if key.strip() == "te" else (te, number)
-                elif not eq and arg:
-                    positional.append(float(arg))
-                elif arg:
-                    raise ValueError(arg)
-            except ValueError as exc:
-                raise JobError(f"LoRA tag {match.group(0)!r}: {arg!r} is not a weight ComfyUI's "
-                               "LoraLoader can take", hint="write <lora:name:weight> or "
-                                                          "<lora:name:te:unet>") from exc
-        if positional:
-            te = positional[0] if te is None else te
-            if len(positional) > 1 and unet is None:
-                unet = positional[1]
-        te = 1.0 if te is None else te
-        tags.append((name, te, te if unet is None else unet))
-        return ""
-
-    text = _LORA_TAG.sub(cut, prompt)
+    for tag in found:
+        extra = [part.strip() for part in tag.text.strip("<>").split(":")[2:]
+                 if "=" in part and part.partition("=")[0].strip().lower() not in ("te", "unet")]
+        if extra:
+            raise JobError(f"LoRA tag {tag.text!r}: {extra[0]!r} is not a weight ComfyUI's "
+                           "LoraLoader can take", hint="write <lora:name:weight> or "
+                                                      "<lora:name:te:unet>")
+        if tag.te_weight is None or tag.unet_weight is None:
+            raise JobError(f"LoRA tag {tag.text!r}: a weight is not a number ComfyUI's "
+                           "LoraLoader can take", hint="write <lora:name:weight> or "
+                                                      "<lora:name:te:unet>")
+        tags.append((tag.name.strip(), tag.te_weight, tag.unet_weight))
+    text = prompt
+    for tag in found:
+        text = text.replace(tag.text, "", 1)
     if tags:
         text = re.sub(r"[ \t]{2,}", " ", text)
         text = re.sub(r"\s*,(\s*,)+", ",", text).strip().strip(",").strip()
