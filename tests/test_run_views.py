@@ -94,3 +94,18 @@ prompts: ["a cube"]
     assert main(["check", str(job), "--probe", "--yes"]) == 0
     out = capsys.readouterr().out
     assert "probe: the probe makes 1 tiny generation" in out and "honoured" in out
+
+
+def test_dead_backend_at_start_is_said_at_once_with_the_patience_left(write_job, tmp_path: Path,
+                                                                      capsys) -> None:
+    job = write_job("""
+backends: [{url: "http://127.0.0.1:9", name: dead}]
+prompts: ["a cube"]
+retry: {patience_s: 2, cooldown_s: 0.2}
+""")
+    code = main(["run", str(job), "--out", str(tmp_path / "o"), "--progress-interval-s", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "backend dead: down at start" in err
+    assert "all backends down; giving up in" in err and "(patience_s)" in err
+    assert "stalled" in err and "run the same command again" in err
