@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from pipeline.gallery import write_gallery
-    from pipeline.grid.render import load_run_job
+    from pipeline.output.runfiles import load_run_job
     from pipeline.grid.views import Views, remove_view, saved_views
     from pipeline.output.layout import JOB_COPY, MANIFEST
 

@@ -37,7 +37,7 @@ from pipeline.gallery import infotext
 from pipeline.gallery.page import embed_json, render_page
 from pipeline.grid.expected import plan_axes
 from pipeline.grid.labels import axis_title, is_baseline, label_for, ordered, value_key
-from pipeline.grid.render import load_run_job
+from pipeline.output.runfiles import load_run_job
 from pipeline.job.grid import GridSpec, split_axis
 from pipeline.grid.views import GALLERY_FILE, read_views
 from pipeline.output.atomic import replace_file

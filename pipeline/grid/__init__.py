@@ -13,11 +13,10 @@
 """
 
 from pipeline.grid.live import LiveOutputs
-from pipeline.grid.render import (GridRenderer, load_run_job, planned_sheets, read_index,
-                                  render_grids)
+from pipeline.grid.render import GridRenderer, planned_sheets, read_index, render_grids
 from pipeline.job.grid import GridSpec, job_axes
 from pipeline.grid.views import OutputFiles, ViewFiles, Views, output_files
 
 __all__ = ["GridRenderer", "GridSpec", "LiveOutputs", "OutputFiles", "ViewFiles", "Views",
-           "job_axes", "load_run_job", "output_files", "planned_sheets", "read_index",
+           "job_axes", "output_files", "planned_sheets", "read_index",
            "render_grids"]

@@ -39,7 +39,8 @@ from pipeline.grid.layout import MAX_SIDE_PX, GridShape, SheetLayout, plan_sheet
 from pipeline.job.grid import GridSpec, canonical, job_axes, split_axis
 from pipeline.job.naming import slugify
 from pipeline.output.atomic import output_error, replace_file
-from pipeline.output.layout import JOB_COPY, RUN_FILE, now_iso
+from pipeline.output.runfiles import load_run_job
+from pipeline.output.layout import JOB_COPY, now_iso
 
 if TYPE_CHECKING:
     from pipeline.expand.plan import Plan
@@ -75,27 +76,6 @@ class SheetInfo:
     width_px: int
     height_px: int
     signature: str
-
-
-def load_run_job(out_dir: Path) -> JobSpec | None:
-    """The job an output directory was made with (``job.json``), or None when it has none."""
-    from pipeline.job.load import parse_job
-
-    path = out_dir / JOB_COPY
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise output_error(exc, path) from exc
-    base_dir = str(out_dir)
-    try:
-        run = orjson.loads((out_dir / RUN_FILE).read_bytes())
-        if isinstance(run, dict) and isinstance(run.get("job_base_dir"), str):
-            base_dir = run["job_base_dir"] or base_dir
-    except (OSError, orjson.JSONDecodeError):
-        pass
-    return parse_job(raw, path=str(path), base_dir=base_dir)
 
 
 def view_name(text: str) -> str:
