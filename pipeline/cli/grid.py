@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import JobError, UsageError
+from pipeline.errors import ExitStatus, JobError, UsageError
 
 FORMATS = ("png", "jpeg", "webp")
 
@@ -73,7 +73,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"removed view {args.remove}")
         if not args.no_gallery:
             print(write_gallery(out))
-        return 0
+        return ExitStatus.OK
     spec = load_run_job(out)
     views = Views(out, spec)
     if args.x or args.y or args.page or args.where:
@@ -94,7 +94,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"sdbatch grid: no images or variants in {out} to put on a sheet", file=sys.stderr)
     if not args.no_gallery:
         print(write_gallery(out))
-    return 0
+    return ExitStatus.OK
 
 
 def _named_view(args: argparse.Namespace, views: Any, spec: Any) -> Any:

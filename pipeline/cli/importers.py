@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import JobError
+from pipeline.errors import ExitStatus, JobError
 from pipeline.prompts.importers import parse_kohya_line, parse_prompts_file_line
 
 
@@ -67,4 +67,4 @@ def cmd_import(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    return 0
+    return ExitStatus.OK

@@ -19,6 +19,7 @@ from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.run.report import format_duration
 from pipeline.output.layout import MANIFEST
 from pipeline.output.resume import read_records
+from pipeline.errors import ExitStatus
 
 DEFAULT_PER_IMAGE_S = 2.0
 EXACT_SHARD_LIMIT = 200_000
@@ -122,7 +123,7 @@ def plan_report(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int,
                      per_image_s=per_image_s)
     if as_json:
         stream.write(orjson.dumps(info, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
-        return 0
+        return ExitStatus.OK
     approx = "" if info["exact"] else "~"
     print(f"{approx}{info['variants']} variants", file=stream)
     print(f"{approx}{info['images']} images", file=stream)
@@ -143,7 +144,7 @@ def plan_report(spec: JobSpec, backends: list[BackendSpec], *, shard: tuple[int,
         print(f"--- variant {n} ({v['id']}): POST /sdapi/v1/{v['endpoint']}", file=stream)
         print(orjson.dumps(v["payload"], option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
                            ).decode(), file=stream)
-    return 0
+    return ExitStatus.OK
 
 
 def add_parser(sub: Any) -> None:

@@ -19,7 +19,7 @@ import orjson
 
 from pipeline.backends.webui.client import BackendClient
 from pipeline.cli.common import redact
-from pipeline.errors import UsageError
+from pipeline.errors import ExitStatus, UsageError
 from pipeline.model import Variant
 from pipeline.outputs.convert import read_infotext
 from pipeline.output.layout import MANIFEST
@@ -122,13 +122,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"regenerated {record['file']} (seed {record['seed']}) on {where}")
     if same_bytes:
         print("match: byte-identical")
-        return 0
+        return ExitStatus.OK
     if same_info:
         print("match: same infotext (pixels differ, as GPU nondeterminism allows)")
-        return 0
+        return ExitStatus.OK
     print("no match: the bytes and the infotext differ", file=sys.stderr)
     if old_info and new_info:
         for a, b in zip(old_info.splitlines(), new_info.splitlines()):
             if a != b:
                 print(f"  was: {a}\n  now: {b}", file=sys.stderr)
-    return 1
+    return ExitStatus.FAILED

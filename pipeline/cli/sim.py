@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+from pipeline.errors import ExitStatus
 
 
 def add_parser(sub: Any) -> None:
@@ -32,12 +33,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
         port = DEFAULT_PORT if args.port is None else args.port
         run_comfy_sim(comfy_config_from_args(args), host=args.host, port=port)
-        return 0
+        return ExitStatus.OK
     from pipeline.sim import config_from_args, run_sim
 
     run_sim(config_from_args(args), host=args.host, port=WEBUI_PORT if args.port is None
             else args.port)
-    return 0
+    return ExitStatus.OK
 
 
 WEBUI_PORT = 7861  # as 'webui --nowebui'
