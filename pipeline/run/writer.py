@@ -49,7 +49,7 @@ class Writer:
         self.store = store
         self.emit = emit
         # Dataset formats (outputs:); a bad caption or column raises JobError here, before the run.
-        self.exporters = build_exporters(spec, store.root, plan=plan)
+        self.exporters = build_exporters(spec, store.root, plan=plan, fsync=store.fsync)
         # Grid sheets and the gallery, re-rendered at most every `every_s` while the run goes.
         self.live = LiveOutputs(store.root, spec, plan=plan, every_s=refresh_every_s)
         self.channel: Channel[Outcome] = Channel(WRITE_QUEUE_SIZE)
