@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,17 @@ from pipeline.job.fields import payload_key
 from pipeline.model import Variant
 
 
-def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None = None
-             ) -> Iterator[Variant]:
+def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None = None,
+             on_repeat: Callable[[Variant], None] | None = None) -> Iterator[Variant]:
     """Yield the job's variants lazily, in a stable order.
 
     ``checkpoint`` keeps only variants asking for that checkpoint (None: no override) without
     building the others: the axis that sets the checkpoint is pinned to its matching values,
     and prompts whose own checkpoint differs are skipped unexpanded, so the streams of all
     checkpoints together cost one pass. ``shard=(i, n)`` keeps the i-th of n disjoint shares
-    (1-based), split by id so every machine agrees without coordination.
+    (1-based), split by id so every machine agrees without coordination. ``on_repeat``: a variant
+    with the id of one yielded before (``{a|a}`` expands a text twice; two derived seeds can
+    coincide) is not yielded, ``on_repeat(variant)`` is called instead (see ``_Repeats``).
     """
     pinned = checkpoint is not ...
     axes = plan.axes
@@ -64,12 +66,16 @@ def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None
     combos = combination_count(plan)
     template_pinned = pinned and plan.checkpoint_axis is None
     start = 0  # variants of the whole job before the current prompt text
+    repeats = _Repeats(plan) if on_repeat is not None else None
     for template, text, draw in _prompt_texts(plan, checkpoint if template_pinned else ...):
         per_text = combos * seeds_of(plan, template)
         if text is None:  # a prompt of another checkpoint: skipped, but counted
             start += per_text * (template.texts if draw is None else 1)
             continue
         seeds = _seeds_for(plan, template, text)
+        repeated: Container[int] = ()  # positions in ``seeds`` that repeat an earlier one
+        if repeats is not None:
+            repeated = repeats.of_text(template, text, seeds, random_mode=draw is not None)
         for picked in itertools.product(*choices):
             position = sum(j * stride for (j, _), stride in zip(picked, strides))
             payload_base, axis_values = _apply(plan, template, text, axes,
@@ -85,7 +91,7 @@ def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None
                     continue
                 if shard is not None and not in_shard(ident, shard):
                     continue
-                yield Variant(
+                variant = Variant(
                     id=ident, ordinal=start + position * len(seeds) + rep + 1,
                     prompt=payload["prompt"],
                     negative_prompt=payload.get("negative_prompt", ""), seed=seed,
@@ -94,7 +100,127 @@ def variants(plan: Plan, *, checkpoint: Any = ..., shard: tuple[int, int] | None
                           ("seed", seed if seed != -1 else f"random#{rep + 1}")),
                     endpoint=plan.spec.endpoint,
                 )
+                if repeats is not None and (rep in repeated or repeats.seen_id(ident)):
+                    on_repeat(variant)  # type: ignore[misc]  # repeats is set with on_repeat
+                    continue
+                yield variant
         start += per_text
+
+
+class _Repeats:
+    """Which variants of one stream repeat an earlier one (the same id), remembering as little
+    as the job's shape allows: per prompt text, not per variant.
+
+    Ids hash the payload, so two variants are the same only when their payloads are. Axis values
+    are distinct (the job's checks refuse duplicates) and, unless noted below, each sets keys no
+    other axis sets, so within one prompt text only two derived seeds that coincide (32 bits
+    each) repeat; across texts, only the same text again under the same settings (``{a|a}``,
+    a wildcard listing a line twice, two prompts alike). Both are found with a set of prompt-text
+    digests and a pass over each text's seed list. Where the shape allows other coincidences
+    (a replace axis can leave a text unchanged, a LoRA tag may already be in a text, axes that
+    set the same key, input images, mapping values, prompts alike but for their seed), every
+    id is kept instead, as ints.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self._groups = _settings_groups(plan)
+        self._ids: set[int] | None = None if self._groups is not None else set()
+        self._texts: set[bytes] = set()
+        self._derived = plan.seed_count is not None
+
+    def of_text(self, template: _Template, text: str, seeds: Any, *, random_mode: bool
+                ) -> Container[int]:
+        """Positions in ``seeds`` whose variants repeat earlier ones, for every combination:
+        all of them when the text came before under the same settings."""
+        if self._groups is None:
+            return ()
+        if not random_mode:  # a random draw is its own variant even when its text is not
+            key = hashlib.blake2b(self._groups[template.index] + b"\0"
+                                  + text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            if key in self._texts:
+                return range(len(seeds))
+            self._texts.add(key)
+        if not self._derived or template.seed is not None or len(set(seeds)) == len(seeds):
+            return ()  # seed lists are checked for duplicates when the job is read
+        first: set[int] = set()
+        again: set[int] = set()
+        for rep, seed in enumerate(seeds):
+            if seed in first:
+                again.add(rep)
+            first.add(seed)
+        return again
+
+    def seen_id(self, ident: str) -> bool:
+        """Only where the job's shape needs it: has this id been yielded before?"""
+        if self._ids is None:
+            return False
+        key = int(ident, 16)
+        if key in self._ids:
+            return True
+        self._ids.add(key)
+        return False
+
+
+def _settings_groups(plan: Plan) -> dict[int, bytes] | None:
+    """Per template, the settings its variants share once the axes have set theirs (equal bytes:
+    equal payloads for equal texts); None when coincidences beyond those ``_Repeats`` describes
+    are possible."""
+    keys: list[str] = []
+    for axis in plan.axes:
+        if axis.kind == "replace":
+            return None
+        if axis.kind == "lora":
+            if any("<" in t.text or (t.node is not None and templates.wildcard_names(t.node))
+                   for t in plan.templates):
+                return None
+        elif axis.kind == "zip":
+            keys += list(axis.values[0])
+        else:
+            keys.append(payload_key(axis.name))
+        if axis.kind in ("zip", "matrix") and any(_nested(v) for v in axis.values):
+            return None
+    for i, key in enumerate(keys):
+        if key.split(".")[0] in inputs.IMAGE_FIELDS:
+            return None
+        for other in keys[i + 1:]:
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                return None
+    groups: dict[int, bytes] = {}
+    seed_rules: dict[bytes, int | None] = {}
+    for template in plan.templates:
+        base = dict(template.base or {})
+        for key in (*keys, "prompt", "seed"):
+            _drop_dotted(base, key)
+        group = orjson.dumps(base, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        if seed_rules.setdefault(group, template.seed) != template.seed:
+            return None  # alike but for a per-prompt seed: a derived seed may equal it
+        groups[template.index] = group
+    return groups
+
+
+def _nested(value: Any) -> bool:
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, list) and any(_nested(v) for v in value)
+
+
+def _drop_dotted(data: dict[str, Any], dotted: str) -> None:
+    """Remove a dotted key an axis sets, copying each nested dict on the way; a dict left empty
+    goes too (``set_dotted`` makes it again for every variant)."""
+    head, _, rest = dotted.partition(".")
+    if head not in data:
+        return
+    if not rest:
+        del data[head]
+    elif isinstance(data[head], dict):
+        child = dict(data[head])
+        _drop_dotted(child, rest)
+        if child:
+            data[head] = child
+        else:
+            del data[head]
+    else:  # not a mapping: set_dotted replaces it with one
+        del data[head]
 
 
 def in_shard(ident: str, shard: tuple[int, int]) -> bool:

@@ -149,29 +149,33 @@ def _sha256(path: Path) -> str | None:
 
 
 class ResumeFilter:
-    """Drops variants the output directory already holds complete (and repeats of a variant the
-    job expands twice, e.g. ``{a|a}``), counting what it dropped. One filter serves every stream
-    of a run; ``on_skip(total)`` is told the running total every ``report_every`` drops."""
+    """Drops variants the output directory already holds complete, counting what it dropped;
+    repeats of a variant the job expands twice (e.g. ``{a|a}``) are dropped where they arise,
+    by ``expand.variants(..., on_repeat=filter.repeat)``, and counted here too. One filter serves
+    every stream of a run; ``on_skip(total)`` is told the running total every ``report_every``
+    drops. It keeps nothing per variant beyond ``complete``."""
 
     def __init__(self, complete: set[str], *, on_skip: Any = None, report_every: int = 256) -> None:
         self.complete = complete
         self.skipped = 0
-        self._seen: set[int | str] = set()  # ids as ints where they are hex: a third the memory
         self._on_skip = on_skip
         self._report_every = report_every
 
+    def repeat(self, variant: Any = None) -> None:
+        """A variant the stream did not yield because it repeats one it did."""
+        self._count()
+
+    def _count(self) -> None:
+        self.skipped += 1
+        if self._on_skip is not None and self.skipped % self._report_every == 0:
+            self._on_skip(self.skipped)
+
     def wrap(self, stream: Iterator[Any]) -> Iterator[Any]:
+        complete = self.complete
         for variant in stream:
-            try:
-                key: int | str = int(variant.id, 16)
-            except ValueError:
-                key = variant.id
-            if variant.id in self.complete or key in self._seen:
-                self.skipped += 1
-                if self._on_skip is not None and self.skipped % self._report_every == 0:
-                    self._on_skip(self.skipped)
+            if complete and variant.id in complete:
+                self._count()
                 continue
-            self._seen.add(key)
             yield variant
         if self._on_skip is not None and self.skipped:
             self._on_skip(self.skipped)

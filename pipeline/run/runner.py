@@ -114,6 +114,7 @@ class Run:
         self._stop_reason = ""
         self._last_ok = time.monotonic()
         self._filter: ResumeFilter | None = None
+        self._only = frozenset(options.only)
         self.dispatcher: Dispatcher | None = None
 
     # --- control ------------------------------------------------------------------------------
@@ -227,10 +228,17 @@ class Run:
         assert self._filter is not None
         checkpoints = expand.checkpoints(self.plan)
         shard = self.options.shard
+        skipped = self._filter
+
+        def repeat(variant: Any) -> None:  # counted only when --only/--limit would keep it
+            if self._selected(variant):
+                skipped.repeat(variant)
+
         if len(checkpoints) == 1:
-            raw = {checkpoints[0]: expand.variants(self.plan, shard=shard)}
+            raw = {checkpoints[0]: expand.variants(self.plan, shard=shard, on_repeat=repeat)}
         else:
-            raw = {c: expand.variants(self.plan, checkpoint=c, shard=shard) for c in checkpoints}
+            raw = {c: expand.variants(self.plan, checkpoint=c, shard=shard, on_repeat=repeat)
+                   for c in checkpoints}
         streams = {c: self._filter.wrap(self._select(s)) for c, s in raw.items()}
         share = max(1, self.summary.total // max(1, len(checkpoints)))
         dispatcher = Dispatcher(streams, backends=self.health,
@@ -242,13 +250,15 @@ class Run:
 
     def _select(self, stream: Any) -> Any:
         """``--only`` and ``--limit``: a subset of the job, chosen by id or by job order."""
-        only, limit = set(self.options.only), self.options.limit
-        for variant in stream:
-            if only and variant.id not in only:
-                continue
-            if limit is not None and variant.ordinal > limit:  # ordinals count from 1
-                continue
-            yield variant
+        if not self.options.only and self.options.limit is None:
+            return stream
+        return (variant for variant in stream if self._selected(variant))
+
+    def _selected(self, variant: Any) -> bool:
+        only, limit = self._only, self.options.limit
+        if only and variant.id not in only:
+            return False
+        return limit is None or variant.ordinal <= limit  # ordinals count from 1
 
     async def _run_stages(self) -> None:
         assert self.dispatcher is not None
