@@ -3,20 +3,18 @@ in-order dispatch, and the soak run (faults, nothing lost or duplicated, flat me
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from benchmarks import jobs
 from benchmarks.cases_speed import FAULT_MIX, HANG_S
 from benchmarks.context import Ctx, median, spread
-from benchmarks.harness import Farm, Measured, run_child
+from benchmarks.harness import Farm, Measured, client_env, run_child
 from benchmarks.report import CaseResult, Row
 
-FLAT_RATIO = 1.25  # "flat": peak RSS grows by at most this factor over 100x the work
+FLAT_RATIO = 1.25  # the soak: RSS at the end / at 25% of the run
 
 
 def _mb(kb: float) -> float:
@@ -44,18 +42,23 @@ def plan_rss(ctx: Ctx, variants: int) -> tuple[int, float]:
     return child.maxrss_kb, child.wall_s
 
 
+MEMORY_TARGET = 1.10  # peak RSS, 1,000,000-variant run / 10,000-variant run
+
+
 def memory(ctx: Ctx) -> CaseResult:
-    small, large = (200, 1_000) if ctx.quick else (1_000, 100_000)
+    small, large = (1_000, 20_000) if ctx.quick else (10_000, ctx.memory_variants)
     plan_small, plan_large = 1_000, 1_000_000
     backends, concurrency = 4, 2
     case = CaseResult(
         "memory", "4. Memory",
         f"Peak RSS (the kernel's ru_maxrss of the client process) of a {small:,}- and a "
         f"{large:,}-variant run ({backends} zero-latency backends, concurrency {concurrency}, "
-        f"64x64 images, 20 prompts x 10 CFG x seeds), and of `sdbatch plan --json` for "
-        f"{plan_small:,} and {plan_large:,} variants. Flat means at most x{FLAT_RATIO} for "
-        f"{large // small} (plan: {plan_large // plan_small:,}) times the work. One run each; "
-        "RSS sampled every 0.5 s.")
+        f"64x64 images, 20 prompts x 10 CFG x seeds, fsync off, gallery and live refreshes "
+        f"on as by default), and of `sdbatch plan --json` for {plan_small:,} and "
+        f"{plan_large:,} variants. Target: at most x{MEMORY_TARGET} for {large // small} times "
+        f"the work (nothing kept per variant or per image). One run each; RSS sampled every "
+        "0.5 s. The large run takes about half an hour on 2 shared cores (`--memory-variants "
+        "N` sizes it).")
     runs: dict[int, Measured] = {}
     with Farm(backends, {"latency_s": 0.0}) as farm:
         for count in (small, large):
@@ -73,20 +76,22 @@ def memory(ctx: Ctx) -> CaseResult:
     case.rows += [
         Row(f"run, {small:,} variants: peak RSS", _mb(runs[small].client_maxrss_kb), "MB", digits=1),
         Row(f"run, {large:,} variants: peak RSS", _mb(runs[large].client_maxrss_kb), "MB", digits=1),
-        Row(f"run: {large:,} / {small:,}", run_ratio, target=f"flat (<= {FLAT_RATIO})",
-            met=run_ratio <= FLAT_RATIO),
+        Row(f"run: {large:,} / {small:,}", run_ratio, target=f"<= {MEMORY_TARGET}",
+            met=run_ratio <= MEMORY_TARGET),
         Row(f"plan, {plan_small:,} variants: peak RSS", _mb(plan_kb[plan_small][0]), "MB", digits=1),
         Row(f"plan, {plan_large:,} variants: peak RSS", _mb(plan_kb[plan_large][0]), "MB",
             digits=1),
-        Row(f"plan: {plan_large:,} / {plan_small:,}", plan_ratio, target=f"flat (<= {FLAT_RATIO})",
-            met=plan_ratio <= FLAT_RATIO),
+        Row(f"plan: {plan_large:,} / {plan_small:,}", plan_ratio, target=f"<= {MEMORY_TARGET}",
+            met=plan_ratio <= MEMORY_TARGET),
     ]
     big = runs[large]
     case.details = {
         "run_wall_s": {n: round(r.report["wall_s"], 1) for n, r in runs.items()},
         "run_images_per_s": {n: round(r.images / r.report["wall_s"], 1) for n, r in runs.items()},
-        f"rss_mb_of_{large}_run_at_10_50_90_100_percent": [
-            round(_mb(_rss_at(big.rss_series, f)), 1) for f in (0.1, 0.5, 0.9, 1.0)],
+        f"rss_mb_of_{large}_run_at_10_25_50_75_90_100_percent": [
+            round(_mb(_rss_at(big.rss_series, f)), 1) for f in (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)],
+        f"rss_mb_of_{small}_run_at_50_100_percent": [
+            round(_mb(_rss_at(runs[small].rss_series, f)), 1) for f in (0.5, 1.0)],
         "plan_wall_s": {n: round(v[1], 2) for n, v in plan_kb.items()},
     }
     return case
@@ -94,81 +99,86 @@ def memory(ctx: Ctx) -> CaseResult:
 
 # --- 5. checkpoint switches --------------------------------------------------------------------
 
+TIME_SCALE = 0.05  # realistic costs (seconds) scaled down uniformly
+REAL_IMAGE_S, REAL_LOAD_S = 2.0, 10.0
+SWEEP_TARGET = 1.05  # wall / generations-only
+
+
 def checkpoints(ctx: Ctx) -> CaseResult:
-    models, backends, latency_s, switch_s = 4, 4, 0.05, 0.25
-    prompts, seeds = (2, 5) if ctx.quick else (10, 10)
+    models, backends = 4, 4
+    latency_s, switch_s = REAL_IMAGE_S * TIME_SCALE, REAL_LOAD_S * TIME_SCALE
+    prompts, seeds = (2, 5) if ctx.quick else (10, 25)
     count = prompts * models * seeds
     job = jobs.checkpoint_sweep(models, prompts, seeds)
     gen_only_s = count * latency_s / backends
+    bound_s = gen_only_s + (models - 1) * switch_s / backends  # each other checkpoint once
     config = {"latency_s": latency_s, "switch_cost_s": switch_s,
               "models": jobs.checkpoint_models(models)}
     case = CaseResult(
         "checkpoints", "5. Checkpoint switches",
-        f"{prompts} prompts x {models} checkpoints x {seeds} seeds = {count} variants (job "
-        f"order: prompt, checkpoint, seed) on {backends} simulated backends, {latency_s:g} s "
-        f"per image, {switch_s:g} s per checkpoint load; every backend starts with the first "
-        f"checkpoint loaded (fresh servers per run). sdbatch (checkpoint affinity; concurrency "
-        f"1, the default, and 2) against naive in-order dispatch (a FIFO of the same payloads, one worker per backend). Loads "
-        f"are counted by the servers. Generations-only time = images x latency / backends = "
-        f"{gen_only_s:.2f} s. Median of {ctx.reps}, alternating.")
+        f"Realistic costs ({REAL_IMAGE_S:g} s per image, {REAL_LOAD_S:g} s per checkpoint "
+        f"load) scaled by x{TIME_SCALE:g}: {latency_s:g} s and {switch_s:g} s. {prompts} "
+        f"prompts x {models} checkpoints x {seeds} seeds = {count} variants (job order: "
+        f"prompt, checkpoint, seed) on {backends} simulated backends; every backend starts "
+        f"with the first checkpoint loaded (fresh servers per run). sdbatch (checkpoint "
+        f"affinity; concurrency 1, the default, and 2) against naive in-order dispatch (a FIFO "
+        f"of the same payloads, one worker per backend). Loads are counted by the servers. "
+        f"Generations-only time = images x latency / backends = {gen_only_s:.2f} s; no "
+        f"schedule beats generations-only + (M - 1) loads spread over the backends = "
+        f"{bound_s:.2f} s ({bound_s / gen_only_s:.3f}). The time scale does not shrink the "
+        f"per-request round trip (a few ms on loopback), nor the fixed cost per run. Median "
+        f"of {ctx.reps}, alternating.")
     arms = [("sdbatch", 1), ("sdbatch", 2), ("naive", 1)]
     runs: dict[tuple[str, int], list[Measured]] = {arm: [] for arm in arms}
     for _, (mode, c) in ctx.alternate(arms):
         ctx.say(f"checkpoints: {mode}, concurrency {c}")
         with Farm(backends, config) as farm:
-            run = ctx.run(farm, mode, job, concurrency=c)
+            run = ctx.run(farm, mode, job, concurrency=c, extra={"timestamps": True})
         if run.images != count:
             raise RuntimeError(f"{mode}: {run.images} of {count} images")
         runs[(mode, c)].append(run)
     loads = {a: median([r.server_stats["checkpoint_loads"] for r in rs]) for a, rs in runs.items()}
     over = {a: median([r.report["wall_s"] / gen_only_s for r in rs]) for a, rs in runs.items()}
+    run_over = {a: median([r.report["run_s"] / gen_only_s for r in rs])
+                for a, rs in runs.items()}
     limit = models + backends
     ours, ours2, naive = ("sdbatch", 1), ("sdbatch", 2), ("naive", 1)
     case.rows += [
         Row("sdbatch: checkpoint loads", int(loads[ours]), target=f"<= M + B = {limit}",
             met=loads[ours] <= limit),
-        Row("sdbatch: wall / generations-only", over[ours], target="<= 1.10",
-            met=over[ours] <= 1.10),
-        Row("sdbatch, concurrency 2: loads", int(loads[ours2])),
-        Row("sdbatch, concurrency 2: wall / generations-only", over[ours2]),
+        Row("sdbatch: wall / generations-only", over[ours], target=f"<= {SWEEP_TARGET}",
+            met=over[ours] <= SWEEP_TARGET),
+        Row("sdbatch: first to last image / generations-only", run_over[ours]),
+        Row("sdbatch, concurrency 2: loads", int(loads[ours2]), target=f"<= {limit}",
+            met=loads[ours2] <= limit),
+        Row("sdbatch, concurrency 2: wall / generations-only", over[ours2],
+            target=f"<= {SWEEP_TARGET}", met=over[ours2] <= SWEEP_TARGET),
         Row("naive in-order: checkpoint loads", int(loads[naive])),
         Row("naive in-order: wall / generations-only", over[naive]),
     ]
     case.details = {f"{m}, concurrency {c}": {
         "loads": [r.server_stats["checkpoint_loads"] for r in rs],
         "wall_s": spread([r.report["wall_s"] for r in rs]),
+        "run_s": spread([r.report["run_s"] for r in rs]),
+        "preflight_s": spread([r.report.get("preflight_s", 0.0) for r in rs]),
         "client_counted_loads": [r.report.get("checkpoint_loads") for r in rs]}
         for (m, c), rs in runs.items()}
     case.details["generations_only_s"] = gen_only_s
-    case.details["lower_bound_s"] = round(gen_only_s + (models - 1) * switch_s / backends, 3)
+    case.details["lower_bound_s"] = round(bound_s, 3)
     return case
 
 
 # --- soak ----------------------------------------------------------------------------------------
 
-def verify_output(out: Path, job: dict[str, Any]) -> dict[str, int]:
-    """Every expected (id, image_index) exactly once in the manifest, each file's sha256 right."""
-    from pipeline import api, expand
-
-    plan = expand.build_plan(api.job_from_dict(job))
-    expected = {(v.id, i) for v in expand.variants(plan) for i in range(v.images_expected)}
-    seen: Counter[tuple[str, int]] = Counter()
-    bad_hash = missing_file = 0
-    with (out / "manifest.jsonl").open("rb") as handle:
-        for line in handle:
-            record = json.loads(line)
-            if record.get("kind") != "generation":
-                continue
-            seen[(record["id"], record["image_index"])] += 1
-            path = out / record["file"]
-            if not path.is_file():
-                missing_file += 1
-            elif hashlib.sha256(path.read_bytes()).hexdigest() != record["sha256"]:
-                bad_hash += 1
-    return {"expected": len(expected), "recorded": sum(seen.values()),
-            "missing": len(expected - set(seen)), "duplicated": sum(1 for n in seen.values() if n > 1),
-            "unexpected": len(set(seen) - expected), "sha256_mismatch": bad_hash,
-            "file_missing": missing_file}
+def verify_output(ctx: Ctx, out: Path, job: dict[str, Any]) -> dict[str, int]:
+    """``benchmarks.verify`` in a child process with the pipeline under test (its ids)."""
+    job_file = ctx.workdir / "verify-job.json"
+    job_file.write_text(json.dumps(job))
+    child = run_child(["-m", "benchmarks.verify", "--out", str(out), "--job", str(job_file)],
+                      env=client_env(ctx.pipeline_root), cwd=ctx.workdir)
+    if child.returncode != 0 or not child.report:
+        raise RuntimeError(f"verifying {out} failed: {child.stderr}")
+    return child.report
 
 
 def soak(ctx: Ctx) -> CaseResult:
@@ -193,7 +203,7 @@ def soak(ctx: Ctx) -> CaseResult:
             attempts.append(run)
             if run.report.get("status") == "complete":
                 break
-    check = verify_output(out, job)
+    check = verify_output(ctx, out, job)
     if not ctx.keep:
         shutil.rmtree(out, ignore_errors=True)
     first = attempts[0]

@@ -1,10 +1,13 @@
 """The measured clients, each run in a child process of its own (``python -m benchmarks.clients``).
 
-    sdbatch   the pipeline through its Python API (``pipeline.api.run``), fsync off
+    sdbatch   the pipeline through its Python API (``pipeline.api.run``), fsync off unless the
+              spec says ``"fsync": true``
     webuiapi  the baseline people use today: ``webuiapi.WebUIApi(...).txt2img(use_async=True)``
               per variant, one worker per backend, every PIL image saved with ``image.save``
     naive     in-order (FIFO) dispatch to one worker per backend, no checkpoint affinity: the
               same payloads as sdbatch, raw bytes written; the checkpoint-switch baseline
+    floor     base64 + sha256 + write (+ fsync) of the same bytes, no HTTP (``baselines.py``)
+    swarmui   SwarmUI's rule for assigning work to backends (``baselines.py``)
 
 Input: one JSON file (``--spec``) with ``job`` (a job as a dict), ``urls``, ``concurrency`` and
 ``out``. Output: one JSON line on stdout with the client's own figures: ``cpu_s`` (user+sys of
@@ -34,14 +37,18 @@ def cpu_s() -> float:
 
 def threads_cpu_s() -> dict[str, float]:
     """CPU seconds per thread name (summed over threads of the same name) of this process."""
+    import threading
+
     out: dict[str, float] = {}
     tck = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}  # the OS names them all python
     for task in Path("/proc/self/task").iterdir():
         try:
             raw = (task / "stat").read_bytes()
         except OSError:
             continue
-        name = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
+        name = names.get(int(task.name)) or raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(
+            errors="replace")
         fields = raw.rsplit(b")", 1)[1].split()
         name = name.rstrip("0123456789_") or name
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tck
@@ -110,9 +117,11 @@ async def run_sdbatch(spec: dict[str, Any]) -> dict[str, Any]:
             counts["retries"] += 1
 
     cpu0, t0 = cpu_s(), time.perf_counter()
-    summary = await api.run(job, out_dir=spec["out"], backends=backends, fsync=False,
+    summary = await api.run(job, out_dir=spec["out"], backends=backends,
+                            fsync=bool(spec.get("fsync", False)),
                             listeners=(listen,), **spec.get("run_options", {}))
     t1, cpu1 = time.perf_counter(), cpu_s()
+    threads = threads_cpu_s()  # while the executor's threads are still there
     started = marks.get("started", t0)
     return {
         "cpu_s": cpu1 - cpu0, "wall_s": t1 - t0,
@@ -125,6 +134,7 @@ async def run_sdbatch(spec: dict[str, Any]) -> dict[str, Any]:
         "steady_images_per_s": steady_rate(times) if times is not None else None,
         "checkpoint_loads": sum(b.get("checkpoint_loads", 0)
                                 for b in summary.backends.values()),
+        "threads_cpu_s_at_end": threads,
     }
 
 
@@ -220,13 +230,20 @@ async def run_naive(spec: dict[str, Any]) -> dict[str, Any]:
             "steady_images_per_s": steady_rate(times), **counts}
 
 
-MODES = {"sdbatch": run_sdbatch, "webuiapi": run_webuiapi, "naive": run_naive}
+def _modes() -> dict[str, Any]:
+    from benchmarks.baselines import run_floor, run_swarmui
+
+    return {"sdbatch": run_sdbatch, "webuiapi": run_webuiapi, "naive": run_naive,
+            "floor": run_floor, "swarmui": run_swarmui}
+
+
+MODE_NAMES = ("sdbatch", "webuiapi", "naive", "floor", "swarmui")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=sorted(MODES))
+    parser.add_argument("mode", choices=MODE_NAMES)
     parser.add_argument("--spec", required=True, help="JSON file: job, urls, concurrency, out")
     parser.add_argument("--profile", metavar="FILE", help="profile the measured part with "
                         "pyinstrument (if installed) and write its text report to FILE")
@@ -246,7 +263,7 @@ def main() -> None:
 
         profiler = Profiler(interval=0.0005, async_mode="disabled")
         profiler.start()
-        result = asyncio.run(MODES[args.mode](spec))
+        result = asyncio.run(_modes()[args.mode](spec))
         profiler.stop()
         Path(args.profile).write_text(profiler.output_text(unicode=False, color=False,
                                                            show_all=False))
@@ -255,10 +272,10 @@ def main() -> None:
         import cProfile
 
         cprofiler = cProfile.Profile(time.thread_time)
-        result = cprofiler.runcall(asyncio.run, MODES[args.mode](spec))
+        result = cprofiler.runcall(asyncio.run, _modes()[args.mode](spec))
         cprofiler.dump_stats(args.cprofile)
     else:
-        result = asyncio.run(MODES[args.mode](spec))
+        result = asyncio.run(_modes()[args.mode](spec))
     result["mode"] = args.mode
     result["maxrss_kb"] = maxrss_kb()
     result["threads_cpu_s"] = threads_cpu_s()

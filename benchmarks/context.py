@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.harness import Farm, Measured, measured_run
+from benchmarks.harness import Farm, Farms, Measured, measured_run
 
 T = TypeVar("T")
 
@@ -23,13 +23,14 @@ class Ctx:
     workdir: Path
     keep: bool = False
     pipeline_root: str | None = None  # measure a scratch copy of pipeline/ (A/B a fix)
+    memory_variants: int = 1_000_000  # the memory case's large run (full mode)
 
     def say(self, message: str) -> None:
         sys.stderr.write(f"  {time.strftime('%H:%M:%S')} {message}\n")
         sys.stderr.flush()
 
-    def run(self, farm: Farm, mode: str, job: dict[str, Any], *, keep_output: bool = False,
-            **kwargs: Any) -> Measured:
+    def run(self, farm: Farm | Farms, mode: str, job: dict[str, Any], *,
+            keep_output: bool = False, **kwargs: Any) -> Measured:
         """One client run in its own process; its output directory is removed afterwards
         unless ``keep_output`` (the caller then removes it) or ``--keep``."""
         measured = measured_run(farm, mode, job, self.workdir, pipeline_root=self.pipeline_root,

@@ -149,6 +149,55 @@ class Farm:
                 pass
 
 
+class Farms:
+    """Several farms (backends of different configs) used as one: urls in the order given."""
+
+    def __init__(self, farms: Sequence[Farm]) -> None:
+        self.farms = list(farms)
+        self.urls: list[str] = []
+
+    def __enter__(self) -> Self:
+        try:
+            for farm in self.farms:
+                farm.__enter__()
+                self.urls.extend(farm.urls)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for farm in self.farms:
+            farm.__exit__(None, None, None)
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for farm in self.farms for pid in farm.pids]
+
+    @property
+    def processes(self) -> int:
+        return len(self.pids)
+
+    def cpu_s(self) -> float:
+        return sum(farm.cpu_s() for farm in self.farms)
+
+    def stats(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"requests": 0, "generations": 0, "checkpoint_loads": 0,
+                                 "max_in_flight": 0, "faults": {}}
+        for farm in self.farms:
+            stats = farm.stats()
+            for key in ("requests", "generations", "checkpoint_loads"):
+                total[key] += stats[key]
+            total["max_in_flight"] = max(total["max_in_flight"], stats["max_in_flight"])
+            for kind, n in stats["faults"].items():
+                total["faults"][kind] = total["faults"].get(kind, 0) + n
+        return total
+
+    def reset_config(self, changes: dict[str, Any]) -> None:
+        for farm in self.farms:
+            farm.reset_config(changes)
+
+
 def _readline_until(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
     result: list[bytes] = []
     reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()),  # type: ignore[union-attr]
@@ -213,6 +262,14 @@ def run_child(argv: Sequence[str], *, sample_rss_s: float | None = None,
                        usage.ru_maxrss, time.monotonic() - started, series, stderr[-4000:])
 
 
+def client_env(pipeline_root: str | None = None) -> dict[str, str]:
+    """The environment of a measured client: this checkout, or ``pipeline_root`` first."""
+    env = _env(client=True)
+    if pipeline_root:
+        env["PYTHONPATH"] = pipeline_root + os.pathsep + env["PYTHONPATH"]
+    return env
+
+
 def run_client(mode: str, job: dict[str, Any], urls: Sequence[str], workdir: Path, *,
                concurrency: int = 1, sample_rss_s: float | None = None,
                extra: dict[str, Any] | None = None, pipeline_root: str | None = None
@@ -224,9 +281,7 @@ def run_client(mode: str, job: dict[str, Any], urls: Sequence[str], workdir: Pat
     spec_file = workdir / f"spec-{n}.json"
     spec_file.write_text(json.dumps({"job": job, "urls": list(urls), "concurrency": concurrency,
                                      "out": str(out), **(extra or {})}))
-    env = _env(client=True)
-    if pipeline_root:
-        env["PYTHONPATH"] = pipeline_root + os.pathsep + env["PYTHONPATH"]
+    env = client_env(pipeline_root)
     result = run_child(["-m", "benchmarks.clients", mode, "--spec", str(spec_file)],
                        sample_rss_s=sample_rss_s, env=env, cwd=workdir)
     if result.returncode != 0 or not result.report:
@@ -269,7 +324,7 @@ def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def measured_run(farm: Farm, mode: str, job: dict[str, Any], workdir: Path, *,
+def measured_run(farm: Farm | Farms, mode: str, job: dict[str, Any], workdir: Path, *,
                  concurrency: int = 1, sample_rss_s: float | None = None,
                  pipeline_root: str | None = None, extra: dict[str, Any] | None = None
                  ) -> Measured:

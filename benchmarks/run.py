@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `pipeline` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import cases_scale, cases_speed
+from benchmarks import cases_fleet, cases_mixed, cases_scale, cases_speed
 from benchmarks.context import Ctx
 from benchmarks.report import CaseResult, machine, render_markdown, render_text, to_json
 
@@ -36,8 +36,10 @@ CASES: dict[str, Callable[[Ctx], CaseResult]] = {
     "ceiling": cases_speed.ceiling,
     "memory": cases_scale.memory,
     "checkpoints": cases_scale.checkpoints,
+    "mixed": cases_mixed.mixed,
     "faults": cases_speed.faults,
     "soak": cases_scale.soak,
+    "fleet": cases_fleet.fleet,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the runs' output directories")
     parser.add_argument("--pipeline", metavar="DIR",
                         help="measure the pipeline package in DIR (a scratch copy) instead")
+    parser.add_argument("--memory-variants", type=int, default=1_000_000, metavar="N",
+                        help="the memory case's large run in full mode (default 1,000,000; "
+                             "about half an hour); a multiple of 200")
     args = parser.parse_args(argv)
     selected = list(CASES)
     if args.only:
@@ -68,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     mode = "quick" if args.quick else "full"
     workdir = Path(tempfile.mkdtemp(prefix="sdbatch-bench-"))
+    if args.memory_variants < 200 or args.memory_variants % 200:
+        parser.error("--memory-variants must be a positive multiple of 200")
     ctx = Ctx(quick=args.quick, reps=reps, workdir=workdir, keep=args.keep,
-              pipeline_root=str(Path(args.pipeline).resolve()) if args.pipeline else None)
+              pipeline_root=str(Path(args.pipeline).resolve()) if args.pipeline else None,
+              memory_variants=args.memory_variants)
     info = machine()
     if args.pipeline:
         info["pipeline_under_test"] = ctx.pipeline_root
