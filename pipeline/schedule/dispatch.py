@@ -15,6 +15,10 @@ waiting to be retried. A worker asks for work for its backend:
    of other backends already on it, so backends spread over checkpoints and each checkpoint is
    loaded about once (a sweep over M checkpoints on B backends makes at most about M + B loads).
 
+Before 2, a backend whose checkpoint has other backends on it takes a checkpoint nobody is on
+when that one holds at least an even share of the work left: covering it early loads it once,
+where waiting until the loaded checkpoint runs dry makes every backend switch at that moment.
+
 Nothing is buffered beyond retries and the few variants a backend could not serve; the streams
 are generators, so a million-variant job is never a list. The decision (``pick``) is synchronous
 and testable without a network; ``take`` waits on a condition when nothing is available yet.
@@ -106,6 +110,10 @@ class Dispatcher:
         now = self._clock()
         variant = self._due_retry(lane, now)
         if variant is None:
+            cover = self._to_cover(lane)
+            if cover is not None:
+                variant = self._from_stream(lane, cover)
+        if variant is None:
             variant = self._from_stream(lane, lane.current)
         if variant is None and lane.current is not None:
             variant = self._from_stream(lane, None)
@@ -193,6 +201,35 @@ class Dispatcher:
             if len(stream.parked) >= PARK_LIMIT:
                 return None  # this backend cannot serve what this stream holds now
         return None
+
+    def _to_cover(self, lane: Lane) -> str | None:
+        """A checkpoint no backend is on that is worth a backend of its own now, while this
+        backend's checkpoint has others on it: load it early, once, rather than after the loaded
+        checkpoint's work is gone (when every backend would switch at the same moment and some
+        would have to switch twice). Worth it: at least an even share of the work left."""
+        if lane.current is None:
+            return None
+        on_it: dict[str | None, int] = {}
+        usable = 0
+        for other in self.lanes.values():
+            if self._usable(other.label):
+                usable += 1
+                if other is not lane:
+                    on_it[other.current] = on_it.get(other.current, 0) + 1
+        if not on_it.get(lane.current):
+            return None
+        live = [s for s in self._streams.values() if not s.exhausted or s.parked]
+        total = sum(max(s.remaining_hint, 1) + len(s.parked) for s in live)
+        fair = total / max(1, usable)
+        best: _Stream | None = None
+        for s in live:
+            if s.checkpoint is None or s.checkpoint == lane.current or on_it.get(s.checkpoint):
+                continue
+            work = max(s.remaining_hint, 1) + len(s.parked)
+            if work >= fair and (best is None or work > max(best.remaining_hint, 1)
+                                 + len(best.parked)):
+                best = s
+        return best.checkpoint if best is not None else None
 
     def _switch_order(self, lane: Lane) -> list[str | None]:
         """Checkpoints worth switching to: uncovered ones first (most work first), then ones other
