@@ -442,12 +442,12 @@ async def test_csv_reads_back_with_the_csv_module(dataset_dir) -> None:
 
 # --- the job file and the simulator --------------------------------------------------------------
 
-def test_dataset_job_builds_all_three_exporters(tmp_path: Path) -> None:
+def test_dataset_job_builds_all_its_exporters(tmp_path: Path) -> None:
     spec = load_job(REPO / "jobs" / "dataset.yaml")
     plan = expand.build_plan(spec)
     assert expand.count(plan) == 18
     names = [e.name for e in build_exporters(spec, tmp_path, plan=plan)]
-    assert names == ["imagefolder", "captions", "csv"]
+    assert names == ["imagefolder", "captions", "csv", "webdataset"]
 
 
 async def test_dataset_job_on_the_simulator(tmp_path: Path,

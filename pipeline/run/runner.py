@@ -6,6 +6,7 @@ Structure (all inside ``Run.execute``)::
     ├── writer            drains a small bounded channel into the output directory (backpressure)
     ├── workers           exactly `concurrency` coroutines per backend (run/worker.py)
     ├── supervisor        graceful stop (SIGINT/SIGTERM), grace period, hard stop, patience
+    │                     (run/supervisor.py)
     └── refresher         grid sheets and gallery, throttled
 
 The per-host limit *is* the number of workers; no semaphore shadows it. The dispatcher owns what
@@ -26,8 +27,8 @@ from typing import Any
 from pipeline import expand
 from pipeline.backends.base import Backend
 from pipeline.errors import BackendError, ExitStatus, OutputError, SdbatchError
-from pipeline.events import (AllBackendsDown, BackendChanged, Event, Listener, RunFinished,
-                             RunStarted, Stopping, VariantSkipped)
+from pipeline.events import (BackendChanged, Event, Listener, RunFinished, RunStarted,
+                             VariantSkipped)
 from pipeline.job.naming import Namer
 from pipeline.names import same_checkpoint
 from pipeline.job.schema import BackendSpec, JobSpec
@@ -35,6 +36,7 @@ from pipeline.output.prune import count_stale, job_ids
 from pipeline.output.resume import ResumeFilter
 from pipeline.output.runfiles import read_run
 from pipeline.output.store import OutputStore
+from pipeline.run.supervisor import Supervisor
 from pipeline.run.worker import Worker
 from pipeline.run.writer import Writer
 from pipeline.schedule.dispatch import CanServe, Dispatcher
@@ -43,7 +45,6 @@ from pipeline.schedule.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-SUPERVISE_EVERY_S = 0.25
 STALE_COUNT_LIMIT = 200_000  # variants: above this, say the job changed without counting
 
 
@@ -109,10 +110,8 @@ class Run:
             cooldown_s=spec.retry.cooldown_s, cooldown_max_s=spec.retry.cooldown_max_s)
             for b in options.backends}
         self.summary = RunSummary()
-        self._stop = asyncio.Event()
-        self._hard_stop = asyncio.Event()
-        self._stop_reason = ""
-        self._last_ok = time.monotonic()
+        self.supervisor = Supervisor(self.health, patience_s=spec.retry.patience_s,
+                                     grace_s=options.grace_s, emit=self.emit)
         self._filter: ResumeFilter | None = None
         self._only = frozenset(options.only)
         self.dispatcher: Dispatcher | None = None
@@ -121,10 +120,7 @@ class Run:
 
     def request_stop(self, reason: str = "interrupted", *, hard: bool = False) -> None:
         """First call: finish in-flight work within the grace period. ``hard``: stop now."""
-        self._stop_reason = self._stop_reason or reason
-        if hard:
-            self._hard_stop.set()
-        self._stop.set()
+        self.supervisor.request_stop(reason, hard=hard)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -265,14 +261,16 @@ class Run:
         checkpoints = expand.checkpoints(self.plan)
         workers = [Worker(spec.label, self.clients[spec.label], self.health[spec.label],
                           self.dispatcher, self.policy, self.writer.channel, self.emit,
-                          on_ok=self._on_ok,
+                          on_ok=self.supervisor.ok,
                           match_checkpoint=lambda loaded: match_checkpoint(loaded, checkpoints),
                           url=spec.url)
                    for spec in self.options.backends for _ in range(spec.concurrency)]
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(self.writer.drain(), name="writer")
             pool = tg.create_task(self._workers(workers), name="workers")
-            supervisor = tg.create_task(self._supervise(pool), name="supervisor")
+            interrupt = self._interrupt_backends if self.options.interrupt_backends else None
+            supervisor = tg.create_task(self.supervisor.watch(self.dispatcher, pool, interrupt),
+                                        name="supervisor")
             refresher = tg.create_task(self.writer.refresh_loop(self._counts), name="refresher")
             try:
                 await asyncio.wait({pool})
@@ -282,49 +280,14 @@ class Run:
                 await self.writer.channel.close()  # the writer finishes what is queued
             await writer
 
-    def _on_ok(self, now: float) -> None:
-        self._last_ok = now
-
     async def _workers(self, workers: list[Worker]) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 for n, worker in enumerate(workers):
                     tg.create_task(worker.run(), name=f"worker {worker.label} #{n + 1}")
         except asyncio.CancelledError:
-            if not self._stop.is_set():
+            if not self.supervisor.stopped:
                 raise
-
-    async def _supervise(self, workers: asyncio.Task[None]) -> None:
-        assert self.dispatcher is not None
-        stop = asyncio.create_task(self._stop.wait())
-        all_down = False
-        try:
-            while not stop.done():
-                await asyncio.wait({stop}, timeout=SUPERVISE_EVERY_S)
-                now = time.monotonic()
-                down = all(h.state != "ok" for h in self.health.values())
-                if down and not all_down:
-                    self.emit(AllBackendsDown(
-                        max(0.0, self.spec.retry.patience_s - (now - self._last_ok)),
-                        tuple((h.label, h.last_error) for h in self.health.values())))
-                all_down = down
-                if down and now - self._last_ok > self.spec.retry.patience_s:
-                    self.request_stop("stalled", hard=True)
-        finally:
-            stop.cancel()
-        await self.dispatcher.close()
-        grace_s = 0.0 if self._hard_stop.is_set() else self.options.grace_s
-        self.emit(Stopping(self._stop_reason, grace_s, self.dispatcher.in_flight))
-        hard = asyncio.create_task(self._hard_stop.wait())
-        try:
-            await asyncio.wait({workers, hard}, timeout=grace_s,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hard.cancel()
-        if not workers.done():
-            if self.options.interrupt_backends:
-                await self._interrupt_backends()
-            workers.cancel()
 
     async def _interrupt_backends(self) -> None:
         assert self.dispatcher is not None
@@ -342,11 +305,11 @@ class Run:
         s.skipped = self._filter.skipped if self._filter else 0
         s.unfinished = max(0, s.total - s.done - s.failed - s.skipped)
         if s.status != "error":
-            if self._stop_reason == "stalled":
+            if self.supervisor.stalled:
                 s.status = "stalled"
                 s.message = (f"every backend has been down for over "
                              f"{self.spec.retry.patience_s:g} s (patience_s)")
-            elif self._stop.is_set():
+            elif self.supervisor.stopped:
                 s.status = "interrupted"
             elif s.failed:
                 s.status = "failed"
