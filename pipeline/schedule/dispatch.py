@@ -31,14 +31,18 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.model import Variant
 from pipeline.schedule.retry import Attempts
 
 CanServe = Callable[[str, Variant], bool]
+# A backend's measured pace: (images per second, seconds per checkpoint load or None), or None
+Pace = Callable[[str], "tuple[float, float | None] | None"]
 PARK_LIMIT = 64
+HELP_LOAD_FACTOR = 2.0  # help a checkpoint only while its work outlasts this many of our loads
 
 
 @dataclass(slots=True)
@@ -70,6 +74,15 @@ class Lane:
         return self.target if self.target is not None else self.loaded
 
 
+def measured_pace(health: Any) -> tuple[float, float | None] | None:
+    """A ``BackendHealth``'s pace: images per second (whatever the concurrency) and seconds per
+    checkpoint load (None until it has loaded one); None before its first image."""
+    rate = health.images_per_s()
+    if rate <= 0:
+        return None
+    return rate, (health.load_s / health.loads if health.loads else None)
+
+
 class Dispatcher:
     """Hands variants to workers; owns in-flight counts, affinity, retries and completion."""
 
@@ -79,7 +92,7 @@ class Dispatcher:
                  can_serve: CanServe | None = None,
                  usable: Callable[[str], bool] = lambda label: True,
                  clock: Callable[[], float] = time.monotonic,
-                 help_min_variants: int = 4) -> None:
+                 help_min_variants: int = 4, pace: Pace | None = None) -> None:
         counts = counts or {}
         self._streams = {c: _Stream(c, s, counts.get(c, 1)) for c, s in streams.items()}
         self._can_serve = can_serve or (lambda backend, variant: True)
@@ -93,6 +106,12 @@ class Dispatcher:
         self.lanes: dict[str, Lane] = {label: Lane(label) for label in backends}
         self.attempts: dict[str, Attempts] = {}
         self.help_min_variants = help_min_variants
+        if pace is None and isinstance(backends, Mapping):  # the run's BackendHealth by label
+            health = dict(backends)
+
+            def pace(label: str) -> tuple[float, float | None] | None:
+                return measured_pace(health[label]) if label in health else None
+        self._pace = pace
 
     def lane(self, label: str) -> Lane:
         lane = self.lanes.get(label)
@@ -247,9 +266,30 @@ class Dispatcher:
         uncovered = sorted((s for s in live if not on_it.get(s.checkpoint)), key=lambda s: -work(s))
         covered = sorted((s for s in live if on_it.get(s.checkpoint)),
                          key=lambda s: -work(s) / (1 + on_it[s.checkpoint]))
-        helpful = [s for s in covered
-                   if work(s) / (1 + on_it[s.checkpoint]) >= self.help_min_variants]
+        helpful = [s for s in covered if self._worth_helping(lane, s.checkpoint, work(s),
+                                                             on_it[s.checkpoint])]
         return [s.checkpoint for s in uncovered + helpful]
+
+    def _worth_helping(self, lane: Lane, checkpoint: str | None, work: int, helpers: int) -> bool:
+        """Join the backends on ``checkpoint``? With measured paces: when they would need longer
+        than ``HELP_LOAD_FACTOR`` times this backend's load plus one of its images to finish the
+        work without it (joining shortens the work's end only when the load takes less than that
+        time, and a slow helper's last image must not end after the others'); else while each
+        helper would still get ``help_min_variants``."""
+        if self._pace is not None:
+            paces = {o.label: self._pace(o.label) for o in self.lanes.values()}
+            load_s = (paces[lane.label] or (0.0, None))[1]
+            if load_s is None:  # not loaded one yet: assume the slowest load seen
+                load_s = max((p[1] for p in paces.values() if p and p[1] is not None),
+                             default=None)
+            rates = [paces[o.label] for o in self.lanes.values()
+                     if o is not lane and o.current == checkpoint and self._usable(o.label)]
+            mine = paces[lane.label]
+            if load_s is not None and mine is not None and rates \
+                    and all(r is not None for r in rates):
+                finish_s = work / sum(r[0] for r in rates)  # type: ignore[index]
+                return finish_s >= HELP_LOAD_FACTOR * (load_s + 1 / mine[0])
+        return work / (1 + helpers) >= self.help_min_variants
 
     # --- what workers tell it -----------------------------------------------------------------
 
