@@ -31,14 +31,21 @@ MAX_WAIT_S = 30 * 86_400.0
 
 
 class RetrySpec(_Strict):
-    """How hard to try. Attempts and time both bound a variant; health decides a backend's bench."""
+    """How hard to try. Attempts and time both bound a variant; health decides a backend's bench.
+
+    Defaults (BENCHMARKS.md, case 6): a retried variant usually goes to another backend, so the
+    first wait is short (0.25 s, doubling to 60 s); a backend is benched after 5 failures in a
+    row, since 3 happen by chance to a healthy one that fails 10% of requests; and a variant may
+    fail on 6 backends before it fails for good, since failing on 3 by chance loses 1 variant in
+    3,000 at that rate (attempts still stop at 8).
+    """
 
     max_attempts: int = Field(8, ge=1, le=100)
     max_time_s: float = Field(3600.0, gt=0, le=MAX_WAIT_S)
-    backoff_initial_s: float = Field(1.0, ge=0, le=MAX_WAIT_S)
+    backoff_initial_s: float = Field(0.25, ge=0, le=MAX_WAIT_S)
     backoff_max_s: float = Field(60.0, ge=0, le=MAX_WAIT_S)
-    max_backends_per_variant: int = Field(3, ge=1, le=1000)
-    bench_after_failures: int = Field(3, ge=1, le=1000)
+    max_backends_per_variant: int = Field(6, ge=1, le=1000)
+    bench_after_failures: int = Field(5, ge=1, le=1000)
     cooldown_s: float = Field(5.0, ge=0, le=MAX_WAIT_S)
     cooldown_max_s: float = Field(300.0, ge=0, le=MAX_WAIT_S)
     patience_s: float = Field(900.0, ge=0, le=MAX_WAIT_S)
