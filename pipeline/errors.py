@@ -11,8 +11,9 @@
         ├── TransportError        refused, reset, DNS, TLS: retryable
         ├── RequestTimeout        no answer within timeout_s: retryable
         ├── HTTPStatusError       non-2xx; see ``HTTPStatusError`` for what each status means
-        └── BadResponseError      2xx that is not a usable result: retryable
-            └── SubstitutionError the server used another model or sampler than asked
+        ├── BadResponseError      2xx that is not a usable result: retryable
+        │   └── SubstitutionError the server used another model or sampler than asked
+        └── InputError            an img2img input changed or vanished: fails the variant
 
 Foreign exceptions (aiohttp, OSError, yaml, pydantic) are mapped into this tree at one choke
 point per boundary (``raise X(...) from exc``); the CLI maps the tree to exit codes in one place.
@@ -118,11 +119,12 @@ class HTTPStatusError(BackendError):
       ``retry_after_s``, and it never counts against the backend's health);
     - 401, 403, 404, 405, 407, 413 to a generation: the *backend* cannot serve it (credentials,
       a proxy, a missing route, a body limit), whatever the variant asks; another backend may;
+      so can a redirect sdbatch does not follow (3xx: to another origin, or a POST turned GET);
     - other 4xx (400, 422): the *variant* asks for something invalid.
     """
 
     RETRYABLE_STATUSES = frozenset({408, 429})
-    BACKEND_FAULT_STATUSES = frozenset({401, 403, 404, 405, 407, 413})
+    BACKEND_FAULT_STATUSES = frozenset({301, 302, 303, 307, 308, 401, 403, 404, 405, 407, 413})
 
     def __init__(self, message: str, *, backend: str = "", status: int,
                  retry_after_s: float | None = None) -> None:
@@ -148,3 +150,10 @@ class SubstitutionError(BadResponseError):
     """The server silently used something other than what was asked (model, sampler)."""
 
     retryable = True
+
+
+class InputError(BackendError):
+    """An img2img input file changed or disappeared since the plan hashed it: the bytes that
+    would be sent are not the ones recorded. No backend is at fault and none can do better."""
+
+    retryable = False

@@ -189,7 +189,7 @@ def test_unwritable_output_directory(sim, write_job, tmp_path: Path,
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where a directory should be")
     out = blocker / "out"
-    assert main(["run", str(job), "--out", str(out), "--quiet"]) == 1
+    assert main(["run", str(job), "--out", str(out), "--quiet"]) == 2  # a usage error (#13)
     err = capsys.readouterr().err
     assert "not-a-dir" in err and "cannot write" in err and "Traceback" not in err
     assert backend.stats()["requests"] == 0

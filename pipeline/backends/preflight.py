@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -33,7 +34,7 @@ from pipeline.backends.webui.client import WebUIClient
 from pipeline.backends.webui.kinds import describe, detect_kind, profile
 from pipeline.backends.webui.setup import CheckpointRef, ClientSetup
 from pipeline.backends.webui.substitution import split_legacy_sampler
-from pipeline.errors import BackendError, HTTPStatusError, PreflightError
+from pipeline.errors import BackendError, HTTPStatusError, PreflightError, RequestTimeout
 from pipeline.job.schema import BackendSpec, JobSpec
 from pipeline.model import Variant
 from pipeline.schedule.dispatch import CanServe
@@ -44,6 +45,11 @@ __all__ = ["BackendInfo", "ClientSetup", "Finding", "Requirements", "Verdict", "
 
 V1 = "/sdapi/v1"
 RATE_LIMIT_TRIES = 4
+LISTING_RETRY_TIMEOUT_S = 5.0  # once a listing timed out, the next ones wait this long at most
+MAX_LISTING_TIMEOUTS = 3
+# What each answer must be; anything else is no listing (its names are unknowable), and noted.
+SHAPES = {"options": dict, "sd-models": list, "samplers": list, "schedulers": list, "loras": list,
+          "sd-vae": list, "sd-modules": list, "scripts": dict, "embeddings": dict, "version": dict}
 MAX_RATE_WAIT_S = 30.0
 LISTINGS = ("sd-models", "samplers", "schedulers", "loras", "sd-vae", "sd-modules", "scripts",
             "embeddings")
@@ -77,6 +83,7 @@ class BackendInfo:
     vaes: dict[str, str] = field(default_factory=dict)  # spelling (and lower) -> value to send
     vae_note: str = ""  # why this backend cannot apply a VAE, when it cannot
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    notes: tuple[str, ...] = ()  # answers that could not be used (odd shapes, timeouts)
 
     def has(self, kind: str, name: str) -> bool:
         accepted = self.names.get(kind)
@@ -105,19 +112,44 @@ async def inspect_backend(client: WebUIClient) -> BackendInfo:
     except BackendError as exc:
         return BackendInfo(label, reachable=False, error=str(exc))
 
+    notes: list[str] = []
+    timeouts = 0
+
     async def listing(path: str) -> Any:
-        """A list the server may not have (404 on older versions and forks): None if absent."""
-        try:
-            return await _patiently(lambda: client.get_json(path))
-        except BackendError:
+        """A list the server may not have (404 on older versions and forks): None if absent.
+        Other failures are noted (the names of that kind cannot be checked); after a listing
+        timed out the rest get a short timeout, and after three none is asked any more."""
+        nonlocal timeouts
+        if timeouts >= MAX_LISTING_TIMEOUTS:
+            notes.append(f"{path} was not asked (earlier listings timed out)")
             return None
+        timeout_s = min(LISTING_RETRY_TIMEOUT_S, client.spec.timeout_s) if timeouts else None
+        try:
+            return await _patiently(lambda: client.get_json(path, timeout_s=timeout_s))
+        except HTTPStatusError as exc:
+            if exc.status not in (404, 405):
+                notes.append(_without_label(str(exc), label))
+        except RequestTimeout as exc:
+            timeouts += 1
+            notes.append(_without_label(str(exc), label))
+        except BackendError as exc:
+            notes.append(_without_label(str(exc), label))
+        return None
 
     answers: dict[str, Any] = {"options": probe.details.get("options", {})}
     for name in LISTINGS:
         answers[name] = await listing(f"{V1}/{name}")
     if not any(str(k).startswith("forge_") for k in answers["options"]):
         answers["version"] = await listing(f"{V1}/version")  # SD.Next only
-    return describe_backend(label, answers)
+    info = describe_backend(label, answers)
+    if notes:
+        info = replace(info, notes=(*info.notes, *(
+            f"{n}: what it lists cannot be checked on this backend" for n in notes)))
+    return info
+
+
+def _without_label(message: str, label: str) -> str:
+    return message.removeprefix(f"{label} ").removeprefix(f"{label}: ")
 
 
 async def _patiently(ask: Callable[[], Awaitable[Any]]) -> Any:
@@ -135,7 +167,11 @@ async def _patiently(ask: Callable[[], Awaitable[Any]]) -> Any:
 
 def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
     """A ``BackendInfo`` from a backend's answers (``"options"``, ``"sd-models"``, ... ->
-    parsed JSON, None for a route that failed). Pure: recorded answers work as well."""
+    parsed JSON, None for a route that failed). Pure: recorded answers work as well.
+
+    Answers are the server's and may have any shape: a listing that is not a list is no listing
+    (its kind is unknowable), entries that are not objects and names that are not strings are
+    left out, so no answer can raise here."""
     options = answers.get("options") if isinstance(answers.get("options"), dict) else {}
     sd_vae, modules = answers.get("sd-vae"), answers.get("sd-modules")
     kind = detect_kind(options, sd_vae_route=isinstance(sd_vae, list),
@@ -143,8 +179,8 @@ def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
     version_answer = answers.get("version")
     version = None
     if isinstance(version_answer, dict):
-        version = str(version_answer.get("version") or version_answer.get("updated")
-                      or version_answer.get("hash") or "") or None
+        version = next((v for v in (_text(version_answer.get(k)) for k in
+                                    ("version", "updated", "hash")) if v), None)
     names_: dict[str, frozenset[str]] = {}
     shown: dict[str, tuple[str, ...]] = {}
 
@@ -153,30 +189,29 @@ def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
         names_[kind_] = frozenset(accepted | {s.lower() for s in accepted})
         shown[kind_] = tuple(d for d in display if d)
 
-    models = [m for m in answers.get("sd-models") or [] if isinstance(m, dict)]
-    refs = tuple(CheckpointRef(str(m.get("title") or m.get("model_name") or ""),
-                               str(m.get("model_name") or ""), _str(m.get("filename")),
-                               _str(m.get("hash")), _str(m.get("sha256"))) for m in models)
+    refs = tuple(CheckpointRef(title, _text(m.get("model_name")) or "", _text(m.get("filename")),
+                               _text(m.get("hash")), _text(m.get("sha256")))
+                 for m in _objects(answers.get("sd-models"))
+                 if (title := _text(m.get("title")) or _text(m.get("model_name"))))
     if isinstance(answers.get("sd-models"), list):
         add("checkpoint", (s for r in refs for s in _checkpoint_spellings(r)),
             (r.model_name or r.title for r in refs))
-    samplers = [s for s in answers.get("samplers") or [] if isinstance(s, dict) and s.get("name")]
-    aliases = {str(a).lower(): str(s["name"]) for s in samplers
-               for a in s.get("aliases") or [] if isinstance(a, str)}
+    samplers = [s for s in _objects(answers.get("samplers")) if _text(s.get("name"))]
+    aliases = {a.lower(): str(s["name"]) for s in samplers for a in _texts(s.get("aliases"))}
     if isinstance(answers.get("samplers"), list):
         add("sampler", [*(str(s["name"]) for s in samplers), *aliases],
             (str(s["name"]) for s in samplers))
     schedulers: dict[str, str] = {}
-    for item in answers.get("schedulers") or []:
-        if isinstance(item, dict) and (item.get("label") or item.get("name")):
-            label_ = str(item.get("label") or item.get("name"))
-            for spelling in (item.get("name"), item.get("label"), *(item.get("aliases") or [])):
-                if isinstance(spelling, str) and spelling:
+    for item in _objects(answers.get("schedulers")):
+        label_ = _text(item.get("label")) or _text(item.get("name"))
+        if label_:
+            for spelling in (item.get("name"), item.get("label"), *_texts(item.get("aliases"))):
+                if _text(spelling):
                     schedulers[spelling.lower()] = label_
     if isinstance(answers.get("schedulers"), list):
         add("scheduler", schedulers, dict.fromkeys(schedulers.values()))
-    loras = tuple((str(x.get("name") or ""), str(x.get("alias") or x.get("name") or ""))
-                  for x in answers.get("loras") or [] if isinstance(x, dict))
+    loras = tuple((name, _text(x.get("alias")) or name) for x in _objects(answers.get("loras"))
+                  if (name := _text(x.get("name"))))
     if isinstance(answers.get("loras"), list):
         add("lora", (s for pair in loras for s in pair), (n for n, _ in loras))
     vaes, vae_note = _vaes(kind, sd_vae, modules)
@@ -184,20 +219,52 @@ def describe_backend(label: str, answers: Mapping[str, Any]) -> BackendInfo:
         add("vae", vaes, dict.fromkeys(vaes.values()))
     embeddings = answers.get("embeddings")
     if isinstance(embeddings, dict) and isinstance(embeddings.get("loaded"), dict):
-        shown["embedding"] = tuple(sorted(embeddings["loaded"]))
-    loaded = options.get("sd_model_checkpoint")
+        shown["embedding"] = tuple(sorted(k for k in embeddings["loaded"] if _text(k)))
+    loaded = _text(options.get("sd_model_checkpoint"))
+    notes = tuple(f"{V1}/{name} answered {_shape(answers[name])}, not a "
+                  f"{'list' if shape is list else 'JSON object'}; what it lists cannot be "
+                  "checked on this backend" for name, shape in SHAPES.items()
+                  if answers.get(name) is not None and not isinstance(answers[name], shape))
     return BackendInfo(
         label, reachable=True, server=describe(kind, version), kind=kind, version=version,
-        loaded_model=str(loaded) if loaded else None, names=names_, shown=shown,
+        loaded_model=loaded, names=names_, shown=shown,
         dynamic_prompts=_dynamic_prompts(answers.get("scripts")), sampler_aliases=aliases,
         samplers=tuple(str(s["name"]) for s in samplers), schedulers=schedulers,
-        checkpoints=refs, loras=loras, vaes=vaes or {}, vae_note=vae_note, options=options)
+        checkpoints=refs, loras=loras, vaes=vaes or {}, vae_note=vae_note, options=options,
+        notes=notes)
+
+
+def _shape(value: Any) -> str:
+    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+    return kind
+
+
+def _objects(listing: Any) -> list[dict[str, Any]]:
+    """The entries of a listing that are JSON objects ([] when the listing is not a list)."""
+    return [x for x in listing if isinstance(x, dict)] if isinstance(listing, list) else []
+
+
+def _texts(value: Any) -> list[str]:
+    """The non-empty strings of a list ([] for anything else: ``aliases: 5``)."""
+    return [x for x in value if _text(x)] if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string from a server's answer, else None: numbers are no names, and neither
+    is text with control characters (it would reach the terminal when printed)."""
+    if isinstance(value, str) and value.strip() and not _CONTROL.search(value):
+        return value
+    return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _vaes(kind: str, sd_vae: Any, modules: Any) -> tuple[dict[str, str] | None, str]:
     """Spellings of the VAEs this backend can *apply* -> what to send; or why it cannot."""
     if profile(kind).vae_via == "forge_additional_modules":
-        items = [m for m in modules or [] if isinstance(m, dict) and m.get("model_name")]
+        items = [m for m in _objects(modules) if _text(m.get("model_name"))]
         note = "" if items else (
             "Forge applies a VAE only through forge_additional_modules, and lists the modules it "
             "can load (/sdapi/v1/sd-modules) only while its UI runs; this one lists none (it was "
@@ -205,14 +272,14 @@ def _vaes(kind: str, sd_vae: Any, modules: Any) -> tuple[dict[str, str] | None, 
         if not isinstance(modules, list):
             note = "Forge answered no /sdapi/v1/sd-modules list, and it ignores sd_vae"
     else:
-        items = [v for v in sd_vae or [] if isinstance(v, dict) and v.get("model_name")]
+        items = [v for v in _objects(sd_vae) if _text(v.get("model_name"))]
         if not isinstance(sd_vae, list):
             return None, ""  # no list: unknowable, as before
         note = ""
     out: dict[str, str] = {}
     for item in items:
         send = str(item["model_name"])
-        filename = _str(item.get("filename"))
+        filename = _text(item.get("filename"))
         for spelling in (send, filename, names.basename(filename) if filename else None,
                          names.MODEL_EXT.sub("", send)):
             if spelling:
@@ -223,14 +290,10 @@ def _vaes(kind: str, sd_vae: Any, modules: Any) -> tuple[dict[str, str] | None, 
 
 def _dynamic_prompts(scripts: Any) -> str | None:
     if isinstance(scripts, dict):
-        for title in [*(scripts.get("txt2img") or []), *(scripts.get("img2img") or [])]:
-            if isinstance(title, str) and "dynamic prompts" in title.lower():
+        for title in [*_texts(scripts.get("txt2img")), *_texts(scripts.get("img2img"))]:
+            if "dynamic prompts" in title.lower():
                 return title
     return None
-
-
-def _str(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
 
 
 def _checkpoint_spellings(ref: CheckpointRef) -> list[str]:
@@ -280,6 +343,11 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What some backend answered that could not be used (its names go unchecked)."""
+        return tuple(f"{i.label}: {note}" for i in self.infos for note in i.notes)
 
     def setup_for(self, label: str) -> ClientSetup:
         """What the client for backend ``label`` needs (a bare setup for an unknown label)."""

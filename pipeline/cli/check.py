@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text  # names from servers and jobs are never markup
 
 from pipeline import expand
 from pipeline.backends.preflight import Verdict, inspect_all, job_requirements, judge
@@ -150,9 +151,10 @@ def print_verdict(verdict: Verdict, problems: list[str], *, plain: bool) -> None
         for col in ("backend", "state", "server", "loaded", *(label for _, label in LISTS)):
             table.add_column(col, overflow="fold")
         for i in verdict.infos:
-            state = "[green]ok[/]" if i.reachable and not i.auth_rejected else (
-                "[red]auth rejected[/]" if i.auth_rejected else "[red]down[/]")
-            table.add_row(i.label, state, i.server or i.error or "-", i.loaded_model or "-",
+            state = Text("ok", style="green") if i.reachable and not i.auth_rejected else (
+                Text("auth rejected" if i.auth_rejected else "down", style="red"))
+            table.add_row(Text(i.label), state, Text(i.server or i.error or "-"),
+                          Text(i.loaded_model or "-"),
                           *(str(len(i.shown[k])) if k in i.shown else "-" for k, _ in LISTS))
         console.print(table)
         if verdict.findings:
@@ -160,12 +162,16 @@ def print_verdict(verdict: Verdict, problems: list[str], *, plain: bool) -> None
             for col in ("kind", "name", "on", "missing on", "did you mean"):
                 names.add_column(col, overflow="fold")
             for f in verdict.findings:
-                names.add_row(f.kind, f.name, ", ".join(f.available_on) or "[red]none[/]",
-                              ", ".join(f.missing_on) or "-",
-                              ", ".join(_suggestions(f)) if f.missing_on else "")
+                names.add_row(f.kind, Text(f.name),
+                              Text(", ".join(f.available_on)) or Text("none", style="red"),
+                              Text(", ".join(f.missing_on) or "-"),
+                              Text(", ".join(_suggestions(f)) if f.missing_on else ""))
             console.print(names)
         if down and verdict.findings:
-            console.print(f"[yellow]not checked on {', '.join(down)}: down[/]")
+            console.print(f"not checked on {', '.join(down)}: down", style="yellow",
+                          markup=False)
+    for note in verdict.notes:  # answers that could not be used: those names go unchecked
+        _say(console, plain, f"note: {note}", "yellow")
     if not problems:
         note = f" (not checked on {', '.join(down)}: down)" if down else ""
         _say(console, plain, f"ok: the job can run{note}", "green")

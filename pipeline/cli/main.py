@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                                       logging.DEBUG)[min(args.verbose, 2)])
         return int(args.func(args) or ExitStatus.OK)
     except SdbatchError as exc:
+        from pipeline.cli.common import redact
+
         kind = "job file error" if isinstance(exc, JobError) else "error"
-        print(f"sdbatch: {kind}: {exc}", file=sys.stderr)
+        print(f"sdbatch: {kind}: {redact(str(exc))}", file=sys.stderr)  # no URL's password
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("sdbatch: interrupted", file=sys.stderr)

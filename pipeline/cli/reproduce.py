@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 
 from pipeline.backends.webui.client import BackendClient
-from pipeline.cli.common import redact
+from pipeline.cli.common import backend_specs, redact
 from pipeline.errors import ExitStatus, UsageError
 from pipeline.model import Variant
 from pipeline.outputs.convert import read_infotext
@@ -87,10 +87,9 @@ def request_for(record: dict[str, Any]) -> dict[str, Any]:
 
 async def regenerate(record: dict[str, Any], backend_urls: list[str]) -> bytes:
     from pipeline.run.start import backends_or_sim
-    from pipeline.job.schema import BackendSpec
 
     params = request_for(record)
-    specs = [BackendSpec.model_validate({"url": u}) for u in backend_urls]
+    specs = backend_specs(backend_urls)  # a bad URL: exit 2, its password masked
     async with backends_or_sim(specs) as (backends, _):
         async with aiohttp.ClientSession() as session:
             client = BackendClient(session, backends[0])

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from typing import Any
 
-from pipeline.cli.common import (add_job_selection, out_dir_for, parse_shard, positive_float,
-                                 resolve_backends, resume_command)
+from pipeline.cli.common import (StopSignals, add_job_selection, out_dir_for, parse_shard,
+                                 positive_float, resolve_backends, resume_command)
 from pipeline.errors import ExitStatus, UsageError
 
 
@@ -45,8 +44,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, only errors")
     p.add_argument("--json", action="store_true",
                    help="machine-readable events on stdout, one JSON object a line")
-    p.add_argument("--progress-interval-s", type=positive_float("--progress-interval-s"),
-                   default=10.0, metavar="S",
+    p.add_argument("--progress-interval-s",
+                   type=positive_float("--progress-interval-s", above_zero=True), default=10.0,
+                   metavar="S",
                    help="seconds between progress lines when not on a terminal (default 10)")
     p.add_argument("--sim-latency-s", type=positive_float("--sim-latency-s"), default=0.02,
                    metavar="S", help="per-image latency of the built-in simulator, used only when "
@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     spec = load_job(args.job)
     backends = resolve_backends(spec, args.backend, args.concurrency, args.subpath)
-    options = RunOptions(out_dir=out_dir_for(spec, args.out), backends=tuple(backends),
+    options = RunOptions(out_dir=out_dir_for(spec, args.out, writable=True),
+                         backends=tuple(backends),
                          shard=parse_shard(args.shard), grace_s=args.grace_s,
                          fsync=not args.no_fsync, interrupt_backends=args.interrupt_backends,
                          limit=args.limit, only=tuple(args.only), verify=args.verify,
@@ -81,31 +82,28 @@ async def _run(request: Any, args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     reporter = Reporter(quiet=quiet, interval_s=args.progress_interval_s)
     listeners: tuple[Any, ...] = (reporter, JsonEvents()) if args.json else (reporter,)
-    async with open_run(request, listeners=listeners) as run:
-        if run.options.simulated and not quiet:
-            print(f"sdbatch: no backend configured; started the built-in simulated WebUI backend "
-                  f"at {run.options.backends[0].url}", file=sys.stderr)
-        if not quiet:
-            for notice in run.notices:  # preflight's; the run's own come with RunStarted
-                print(f"sdbatch: {notice}", file=sys.stderr)
-        loop = asyncio.get_running_loop()
-        presses = 0
-
-        def on_signal(signame: str) -> None:
-            nonlocal presses
-            presses += 1
-            run.request_stop(f"{signame} received", hard=presses > 1)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-        render = asyncio.create_task(reporter.render())
+    with StopSignals() as signals:  # preflight: a signal stops at once, nothing is written
         try:
-            summary = await run.execute()
-        finally:
-            render.cancel()
-            await asyncio.gather(render, return_exceptions=True)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            async with open_run(request, listeners=listeners) as run:
+                signals.attach(run)  # from here: graceful stop, a second signal stops at once
+                if run.options.simulated and not quiet:
+                    print("sdbatch: no backend configured; started the built-in simulated WebUI "
+                          f"backend at {run.options.backends[0].url}", file=sys.stderr)
+                if not quiet:
+                    for notice in run.notices:  # preflight's; the run's own come with RunStarted
+                        print(f"sdbatch: {notice}", file=sys.stderr)
+                render = asyncio.create_task(reporter.render())
+                try:
+                    summary = await run.execute()
+                finally:
+                    render.cancel()
+                    await asyncio.gather(render, return_exceptions=True)
+        except asyncio.CancelledError:
+            if signals.early is None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            print(f"sdbatch: {signals.early_message()}", file=sys.stderr)
+            return ExitStatus.INTERRUPTED
     reporter.summary(resume_command(sys.argv[1:] if sys.argv[1:] else
                                     ["run", request.spec.source_path]))
     return ExitStatus(summary.exit_code)

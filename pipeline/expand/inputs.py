@@ -12,13 +12,15 @@ from __future__ import annotations
 import base64
 import glob
 import hashlib
+import io
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage, UnidentifiedImageError
 
-from pipeline.errors import JobError
+from pipeline.errors import InputError, JobError
 
 IMAGE_FIELDS = ("init_images", "mask")
 MAX_SIDE_PX = 8192
@@ -29,9 +31,19 @@ def is_ref(value: Any) -> bool:
     return isinstance(value, dict) and "$file" in value
 
 
-@lru_cache(maxsize=4096)
 def file_ref(path: str, source: str) -> tuple[tuple[str, Any], ...]:
-    """Check one image file and return its reference (as a hashable tuple of items)."""
+    """Check one image file and return its reference (as a hashable tuple of items); a file
+    that changed since it was last read is read again."""
+    try:
+        st = Path(path).stat()
+        stamp: tuple[int, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = ()
+    return _file_ref(path, source, stamp)
+
+
+@lru_cache(maxsize=4096)
+def _file_ref(path: str, source: str, stamp: tuple[int, ...]) -> tuple[tuple[str, Any], ...]:
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -39,9 +51,15 @@ def file_ref(path: str, source: str) -> tuple[tuple[str, Any], ...]:
         raise JobError(f"cannot read input image {path} ({exc.strerror})", path=source,
                        hint="check the path; it is relative to the job file") from None
     try:
-        with PILImage.open(p) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        raise JobError(f"{path} has more than {PILImage.MAX_IMAGE_PIXELS:,} pixels (Pillow "
+                       "refuses it as a possible decompression bomb); the most is "
+                       f"{MAX_SIDE_PX} per side", path=source, hint="downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise JobError(f"{path} is not an image Pillow can read", path=source,
                        hint="use PNG, JPEG or WebP files") from None
     if width > MAX_SIDE_PX or height > MAX_SIDE_PX:
@@ -98,7 +116,11 @@ def check_mask(payload: dict[str, Any], source: str) -> None:
 
 
 def encode_refs(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload to send: file references replaced by base64 of the files (read now)."""
+    """The payload to send: file references replaced by base64 of the files, read now.
+
+    Each file is read once, and the bytes read are hashed and sent: when they are not the bytes
+    the plan hashed (the file changed or disappeared since), ``InputError`` says so and nothing
+    is sent, so what the manifest records as this variant's input is always what was used."""
     if not any(is_ref(payload.get(f)) or (isinstance(payload.get(f), list) and
                any(is_ref(x) for x in payload[f])) for f in IMAGE_FIELDS):
         return payload
@@ -106,11 +128,24 @@ def encode_refs(payload: dict[str, Any]) -> dict[str, Any]:
     for field in IMAGE_FIELDS:
         value = out.get(field)
         if is_ref(value):
-            out[field] = _b64(value["$file"])
+            out[field] = _b64(value, field)
         elif isinstance(value, list):
-            out[field] = [_b64(v["$file"]) if is_ref(v) else v for v in value]
+            out[field] = [_b64(v, field) if is_ref(v) else v for v in value]
     return out
 
 
-def _b64(path: str) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode()
+def _b64(ref: dict[str, Any], field: str) -> str:
+    path = str(ref["$file"])
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{field} {path} cannot be read now ({exc.strerror or exc}); it was "
+                         "there when the run started. Put it back (or rerun: the plan then "
+                         "uses what is there)") from exc
+    expected = ref.get("sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise InputError(f"{field} {path} changed since the run started (sha256 "
+                         f"{str(expected)[:12]}... then, {hashlib.sha256(data).hexdigest()[:12]}"
+                         "... now): not sent, so no image is recorded with an input it was not "
+                         "made from. Rerun to use the new file (its variants get new ids)")
+    return base64.b64encode(data).decode()

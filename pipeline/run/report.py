@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
                            TextColumn, TimeElapsedColumn)
 from rich.table import Table
+from rich.text import Text  # names from servers and jobs are never markup
 
 from pipeline.events import (AllBackendsDown, BackendChanged, CheckpointSwitched, Event,
                              RunFinished, RunStarted, Stopping, VariantFailed, VariantRetrying,
@@ -249,7 +250,8 @@ class Reporter:
                              overflow="fold")
         for b in self._backends.values():
             style = {"ok": "green", "benched": "yellow", "probing": "yellow"}.get(b.state, "red")
-            table.add_row(b.label, f"[{style}]{b.state}[/]", b.model or "-", str(b.in_flight),
+            table.add_row(Text(b.label), Text(b.state, style=style), Text(b.model or "-"),
+                          str(b.in_flight),
                           str(b.done), str(b.failures), f"{b.images_per_s():.2f}")
         return table
 

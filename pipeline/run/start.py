@@ -81,7 +81,8 @@ def _warn_tls(backends: Sequence[BackendSpec]) -> None:
 
 def routing_notices(verdict: preflight.Verdict) -> tuple[str, ...]:
     return tuple(f"{f.kind} {f.name!r} is only on {', '.join(f.available_on)}: its variants go "
-                 "there only" for f in verdict.findings if f.missing_on and f.available_on)
+                 "there only" for f in verdict.findings if f.missing_on and f.available_on
+                 ) + verdict.notes
 
 
 @contextlib.asynccontextmanager

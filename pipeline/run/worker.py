@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.backends.base import Backend
-from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, RequestTimeout, SubstitutionError,
-                             TransportError)
+from pipeline.errors import (BackendError, BadResponseError, HTTPStatusError, InputError,
+                             RequestTimeout, SubstitutionError, TransportError)
 from pipeline.imagebytes import structure_problem
 from pipeline.events import (BackendChanged, CheckpointSwitched, Event, VariantRetrying,
                              VariantStarted)
@@ -109,7 +109,10 @@ class Worker:
                 continue
             health.state = "probing"
             try:
-                probe = await self.client.probe()
+                probe = await self._probe()
+                if probe is None:  # the run has no work left: nothing to wait for
+                    health.state = "benched"
+                    return False
             except BackendError as exc:
                 health.last_error = str(exc)
                 health.on_probe(time.monotonic(), False)
@@ -121,6 +124,22 @@ class Worker:
                 self.dispatcher.note_loaded(self.label, self.match_checkpoint(probe.loaded_model))
                 self.emit(BackendChanged(self.label, "ok", "back", model=probe.loaded_model))
             await self.dispatcher.poke()
+
+    async def _probe(self) -> Any:
+        """The client's probe; abandoned (None) as soon as the run has no work left or stops,
+        so a backend that never answers holds up no ending."""
+        task = asyncio.ensure_future(self.client.probe())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=POLL_S)
+                if done:
+                    return task.result()
+                if self.dispatcher.closed or self.dispatcher.drained:
+                    return None
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _on_error(self, variant: Variant, exc: BackendError) -> None:
         now = time.monotonic()
@@ -142,7 +161,10 @@ class Worker:
             self.emit(BackendChanged(self.label, "benched", str(exc),
                                      retry_in_s=self.health.benched_until - now))
         delay_s = self.policy.next_delay_s(attempts, exc, now)
-        if delay_s is None and len(attempts.failed_on) < self.policy.spec.max_backends_per_variant \
+        if isinstance(exc, InputError):
+            delay_s = None  # the input file changed or vanished: no backend can do better
+        elif delay_s is None \
+                and len(attempts.failed_on) < self.policy.spec.max_backends_per_variant \
                 and self.dispatcher.untried_elsewhere(self.label, variant):
             delay_s = 0.0  # never fail a variant for good while a backend that has not tried it can
         if delay_s is None or not self.dispatcher.anyone_may_take(variant):

@@ -14,16 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.errors import HTTPStatusError, SubstitutionError
+from pipeline.errors import HTTPStatusError, InputError, SubstitutionError
 
 State = Literal["ok", "benched", "probing"]
 
+MIN_PROBE_GAP_S = 0.2
 _VARIANT_FAULTS = ("OutOfMemoryError", "out of memory", "NansException", "NaN")
 
 
 def is_variant_fault(exc: BaseException) -> bool:
     """A failure caused by what the variant asks (too large, NaNs, bad field), not the backend."""
-    if isinstance(exc, SubstitutionError):
+    if isinstance(exc, (SubstitutionError, InputError)):
         return True
     if isinstance(exc, HTTPStatusError):
         if exc.backend_fault or exc.rate_limited:
@@ -91,7 +92,7 @@ class BackendHealth:
 
     def bench(self, now: float) -> None:
         self.state = "benched"
-        cooldown = min(self.cooldown_s * (2 ** self.times_benched), self.cooldown_max_s)
+        cooldown = min(self.cooldown_s * 2.0 ** min(self.times_benched, 64), self.cooldown_max_s)
         self.times_benched += 1
         self.benched_until = now + cooldown
 
@@ -101,6 +102,8 @@ class BackendHealth:
             self.consecutive_failures = 0
         else:
             self.bench(now)
+            # never re-probe in a busy loop (cooldown_s: 0): a failed probe waits a little
+            self.benched_until = max(self.benched_until, now + MIN_PROBE_GAP_S)
 
     def images_per_s(self) -> float:
         if self.first_done_at is None or self.last_done_at is None:

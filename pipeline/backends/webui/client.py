@@ -32,22 +32,27 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from pipeline.backends.base import Probe, Reply
-from pipeline.backends.webui.http_errors import error_message, retry_after_s
-from pipeline.backends.webui.response import parse_body, split_images
+from pipeline.backends.webui.http_errors import error_message, printable, retry_after_s
+from pipeline.backends.webui.response import (EXTRA_SLACK, MAX_SCRIPT_IMAGES, parse_body,
+                                              script_units, split_images)
 from pipeline.backends.webui.setup import ClientSetup, build_payload
-from pipeline.backends.webui.substitution import check_substitution
+from pipeline.backends.webui.substitution import check_belongs, check_substitution
 from pipeline.errors import (BadResponseError, HTTPStatusError, RequestTimeout,
                              TransportError)
 from pipeline.expand.inputs import encode_refs
+from pipeline.job.masking import mask_url
 from pipeline.job.schema import BackendSpec
 from pipeline.model import Variant
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-LIST_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 5.0  # the health check: /options answers in milliseconds, even mid-generation
+LIST_TIMEOUT_S = 30.0  # listings (never over the backend's own timeout_s)
+MAX_REDIRECTS = 5
 INTERRUPT_TIMEOUT_S = 5.0
 MAX_LIST_BYTES = 32 * 1024 * 1024
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -60,16 +65,51 @@ __all__ = ["BackendClient", "Reply", "WebUIClient", "error_message", "response_c
 
 
 def response_cap_bytes(payload: dict[str, Any]) -> int:
-    """A generous ceiling for one response: raw RGBA for every image, base64'd, plus slack.
+    """A generous ceiling for one response to ``payload``: every image it may hold as raw RGBA,
+    base64'd, at the size the answer really has, plus its texts.
 
-    Field values are the user's and may be wrong (the server answers 422 for those), so
+    What sizes the answer: the output size (``width`` x ``height``, or with ``enable_hr`` the
+    hires size: ``hr_resize_x``/``hr_resize_y`` where set, else ``hr_scale``, 2 by default), the
+    number of images (``batch_size`` x ``n_iter``, plus the extras a server may add: a grid,
+    ControlNet maps, a script's images; ``response.max_extra_images``) and the texts echoed per
+    image (prompts, infotexts). ``_request`` adds twice the body sent (``parameters`` echoes
+    it). Field values are the user's and may be wrong (the server answers 422 for those), so
     anything that is not a number counts as its WebUI default here.
     """
-    images = _number(payload.get("batch_size"), 1) * _number(payload.get("n_iter"), 1)
-    scale = _number(payload.get("hr_scale"), 1) if payload.get("enable_hr") else 1.0
-    pixels = _number(payload.get("width"), 512) * _number(payload.get("height"), 512)
-    per_image = int(pixels * scale * scale * 4 * 1.4)
-    return 16 * 1024 * 1024 + int(images + 2) * per_image
+    width, height = output_size(payload)
+    count = int(_number(payload.get("batch_size"), 1)) * int(_number(payload.get("n_iter"), 1))
+    grid = count if count > 1 else 0  # one image as large as all the generations together
+    script = MAX_SCRIPT_IMAGES if payload.get("script_name") else 0
+    full_size = count + grid + count * script_units(payload) + script
+    text = sum(len(v.encode("utf-8", "surrogatepass")) for k in TEXT_FIELDS
+               if isinstance(v := payload.get(k), str))
+    per_image = int((width + 64) * (height + 64) * 4 * 1.4) + 256 * 1024 + 2 * text
+    slack = EXTRA_SLACK * min(per_image, 4 * 1024 * 1024)  # a preview or two, small
+    # info: prompt, all_prompts, infotexts, ... per image, JSON-escaped twice (\uXXXX)
+    texts = (4 * count + 8) * 4 * text
+    return 16 * 1024 * 1024 + full_size * per_image + slack + texts
+
+
+TEXT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+
+
+def output_size(payload: dict[str, Any]) -> tuple[float, float]:
+    """The largest width and height an answer's images may have (hires fix included)."""
+    width, height = _number(payload.get("width"), 512), _number(payload.get("height"), 512)
+    if not payload.get("enable_hr"):
+        return width, height
+    resize_x = _number(payload.get("hr_resize_x"), 0)
+    resize_y = _number(payload.get("hr_resize_y"), 0)
+    if resize_x and resize_y:
+        hires = resize_x, resize_y
+    elif resize_x:
+        hires = resize_x, resize_x * height / width
+    elif resize_y:
+        hires = resize_y * width / height, resize_y
+    else:
+        scale = _number(payload.get("hr_scale"), 2.0)
+        hires = width * scale, height * scale
+    return max(width, hires[0]), max(height, hires[1])
 
 
 def _number(value: Any, default: float) -> float:
@@ -92,9 +132,16 @@ class WebUIClient:
         self._session = session
         self._base = spec.url
         self._headers = {k: v.get_secret_value() for k, v in spec.headers.items()}
+        # what a server might echo back into an error body: never shown
+        self._secrets = sorted({v for v in self._headers.values() if len(v) >= 4},
+                               key=len, reverse=True)
         if spec.auth:
             token = base64.b64encode(spec.auth.get_secret_value().encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
+            password = spec.auth.get_secret_value().partition(":")[2]
+            self._secrets = sorted({*self._secrets, token, spec.auth.get_secret_value(),
+                                    *([password] if len(password) >= 4 else [])},
+                                   key=len, reverse=True)
         self._ssl: bool | None = None if spec.verify_tls else False
         self._next_start_s = 0.0  # monotonic: no request starts before this (rate limits)
         self.pace_s = 0.0  # at least this long between generation starts, after a 429
@@ -106,7 +153,14 @@ class WebUIClient:
 
     async def probe(self) -> Probe:
         """A cheap health check that works in every mode (``/internal/ping`` is UI-only)."""
-        options = await self.get_json("/sdapi/v1/options", timeout_s=min(30.0, self.spec.timeout_s))
+        timeout_s = min(PROBE_TIMEOUT_S, self.spec.timeout_s)
+        try:
+            options = await self.get_json("/sdapi/v1/options", timeout_s=timeout_s)
+        except RequestTimeout as exc:
+            raise RequestTimeout(
+                f"{self.label}: no answer to the health check (GET /sdapi/v1/options) within "
+                f"{timeout_s:g} s: the server accepts connections but does not answer (still "
+                "starting, hung, or a proxy holding the connection)", backend=self.label) from exc
         if not isinstance(options, dict):
             raise BadResponseError(f"{self.label}: /sdapi/v1/options is not an object",
                                    backend=self.label)
@@ -120,6 +174,7 @@ class WebUIClient:
         params, data, started, elapsed_s = await self.exchange(variant)
         try:
             images, info = split_images(data, variant)
+            check_belongs(params, info, data.get("parameters"), backend=self.label)
             model = check_substitution(params, info, images, self.setup, backend=self.label)
         except BadResponseError as exc:
             exc.backend = self.label
@@ -176,7 +231,10 @@ class WebUIClient:
         """The body this backend gets for ``variant`` (pure; see ``setup.build_payload``)."""
         return build_payload(variant.payload, self.setup)
 
-    async def get_json(self, path: str, *, timeout_s: float = LIST_TIMEOUT_S) -> Any:
+    async def get_json(self, path: str, *, timeout_s: float | None = None) -> Any:
+        """GET a listing; ``timeout_s`` defaults to 30 s, never over the backend's ``timeout_s``."""
+        if timeout_s is None:
+            timeout_s = min(LIST_TIMEOUT_S, self.spec.timeout_s)
         body = await self._request("GET", path, timeout_s=timeout_s, cap_bytes=MAX_LIST_BYTES)
         try:
             return orjson.loads(body)
@@ -185,7 +243,9 @@ class WebUIClient:
                                    backend=self.label) from None
 
     async def post_json(self, path: str, payload: dict[str, Any], *,
-                        timeout_s: float = LIST_TIMEOUT_S) -> Any:
+                        timeout_s: float | None = None) -> Any:
+        if timeout_s is None:
+            timeout_s = min(LIST_TIMEOUT_S, self.spec.timeout_s)
         body = await self._request("POST", path, payload=payload, timeout_s=timeout_s,
                                    cap_bytes=MAX_LIST_BYTES)
         try:
@@ -213,9 +273,14 @@ class WebUIClient:
 
     async def _request(self, method: str, path: str, *, payload: Any = None, timeout_s: float,
                        cap_bytes: int, weight: float = GET_PACE_SHARE) -> bytes:
-        """The choke point: one HTTP exchange, every failure mapped into ``BackendError``."""
+        """The choke point: one HTTP exchange, every failure mapped into ``BackendError``.
+
+        Redirects are decided here, never by aiohttp: one to the same origin (scheme, host,
+        port) is followed with the same headers (a POST only by 307/308, which keep the body);
+        one to another origin is an error naming both, so the backend's credentials (Basic auth
+        and configured headers) never leave for a host they were not given for."""
         await self._wait_turn(weight)
-        url = self._base + path
+        url = URL(self._base + path, encoded=False)
         where = f"{self.label} {method} {path}"
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S,
                                                                           timeout_s))
@@ -224,50 +289,110 @@ class WebUIClient:
         if payload is not None:
             data = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
             headers["Content-Type"] = "application/json"
+            cap_bytes += 2 * len(data)  # a server may echo what it was sent (``parameters``)
         try:
-            async with self._session.request(method, url, data=data, headers=headers,
-                                             timeout=timeout, ssl=self._ssl) as resp:
-                length = resp.content_length
-                if length is not None and length > cap_bytes:
-                    raise BadResponseError(f"{where}: response of {length} bytes is over the "
-                                           f"{cap_bytes}-byte cap", backend=self.label)
-                body = await _read_capped(resp, cap_bytes, where, self.label)
-                if resp.status == 429:
-                    wait_s = retry_after_s(resp.headers.get("Retry-After"))
-                    wait_s = DEFAULT_RETRY_AFTER_S if wait_s is None else wait_s
-                    self._on_rate_limited(wait_s)
-                    raise HTTPStatusError(
-                        f"{where}: HTTP 429, the server limits its API clients "
-                        f"({error_message(body, resp.reason, status=429)}); retrying after "
-                        f"{wait_s:g} s", backend=self.label, status=429, retry_after_s=wait_s)
-                if resp.status >= 400:
-                    message = error_message(body, resp.reason, status=resp.status, path=path)
-                    raise HTTPStatusError(f"{where}: HTTP {resp.status}: {message}",
-                                          backend=self.label, status=resp.status)
-                if self.pace_s and weight >= 1.0:
-                    eased = self.pace_s * PACE_EASE
-                    self.pace_s = max(self._pace_floor_s, eased if eased > 0.05 else 0.0)
-                return body
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"{where}: no complete answer within {timeout_s:g} s "
-                                 "(raise timeout_s for slow generations)",
-                                 backend=self.label) from None
+            for _hop in range(MAX_REDIRECTS + 1):
+                async with self._session.request(method, url, data=data, headers=headers,
+                                                 timeout=timeout, ssl=self._ssl,
+                                                 allow_redirects=False) as resp:
+                    if resp.status in REDIRECTS and "Location" in resp.headers:
+                        url = self._redirect_target(resp, url, method, where)
+                        status = resp.status
+                        continue
+                    return await self._answer(resp, path, where, cap_bytes, weight)
+            raise HTTPStatusError(f"{where}: more than {MAX_REDIRECTS} redirects (a loop?); point "
+                                  "the backend URL at the server itself", backend=self.label,
+                                  status=status)
+        except asyncio.TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                message = (f"{where}: cannot connect within {min(CONNECT_TIMEOUT_S, timeout_s):g} "
+                           "s (the host does not answer: down, or a firewall drops the packets)")
+            elif weight >= 1.0:
+                message = (f"{where}: no complete answer within {timeout_s:g} s (raise timeout_s "
+                           "for slow generations)")
+            else:
+                message = f"{where}: no complete answer within {timeout_s:g} s"
+            raise RequestTimeout(message, backend=self.label) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             raise TransportError(f"{where}: TLS certificate rejected ({exc.certificate_error}); "
                                  "set verify_tls: false for this backend only if you trust it",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"{where}: cannot connect ({exc.os_error.strerror or exc})",
-                                 backend=self.label) from None
-        except aiohttp.ServerDisconnectedError:
+                                 backend=self.label) from exc
+        except aiohttp.ServerDisconnectedError as exc:
             raise TransportError(f"{where}: the server closed the connection without answering",
-                                 backend=self.label) from None
+                                 backend=self.label) from exc
         except aiohttp.ClientPayloadError as exc:
-            raise TransportError(f"{where}: the response broke off ({exc})",
-                                 backend=self.label) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"{where}: {type(exc).__name__}: {exc}",
-                                 backend=self.label) from None
+            raise TransportError(f"{where}: the response broke off ({printable(str(exc), 200)})",
+                                 backend=self.label) from exc
+        except aiohttp.ClientResponseError as exc:  # an answer aiohttp cannot parse as HTTP
+            raise TransportError(f"{where}: not a readable HTTP answer "
+                                 f"({printable(str(exc.message), 200)})",
+                                 backend=self.label) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise TransportError(f"{where}: {type(exc).__name__}: {printable(str(exc), 200)}",
+                                 backend=self.label) from exc
+
+    async def _answer(self, resp: aiohttp.ClientResponse, path: str, where: str,
+                      cap_bytes: int, weight: float) -> bytes:
+        """The body of a final (non-redirect) answer, or the ``BackendError`` it means."""
+        length = resp.content_length
+        if length is not None and length > cap_bytes:
+            raise BadResponseError(f"{where}: response of {length} bytes is over the "
+                                   f"{cap_bytes}-byte cap", backend=self.label)
+        body = await _read_capped(resp, cap_bytes, where, self.label)
+        if resp.status == 429:
+            wait_s = retry_after_s(resp.headers.get("Retry-After"))
+            wait_s = DEFAULT_RETRY_AFTER_S if wait_s is None else wait_s
+            self._on_rate_limited(wait_s)
+            raise HTTPStatusError(
+                f"{where}: HTTP 429, the server limits its API clients "
+                f"({self._masked(error_message(body, resp.reason, status=429))}); retrying after "
+                f"{wait_s:g} s", backend=self.label, status=429, retry_after_s=wait_s)
+        if not 200 <= resp.status < 300:
+            message = self._masked(error_message(body, resp.reason, status=resp.status,
+                                                 path=path))
+            raise HTTPStatusError(f"{where}: HTTP {resp.status}: {message}",
+                                  backend=self.label, status=resp.status)
+        if self.pace_s and weight >= 1.0:
+            eased = self.pace_s * PACE_EASE
+            self.pace_s = max(self._pace_floor_s, eased if eased > 0.05 else 0.0)
+        return body
+
+    def _masked(self, text: str) -> str:
+        """``text`` (a server's words) without this backend's credentials in it."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _redirect_target(self, resp: aiohttp.ClientResponse, url: URL, method: str,
+                         where: str) -> URL:
+        """Where a redirect may be followed to, or the ``HTTPStatusError`` saying why not."""
+        location = resp.headers.get("Location", "")
+        try:
+            target = url.join(URL(location))
+            origin = target.origin()
+        except (ValueError, TypeError) as exc:
+            raise HTTPStatusError(f"{where}: HTTP {resp.status} redirect to an unreadable "
+                                  f"Location {mask_url(location)!r}", backend=self.label,
+                                  status=resp.status) from exc
+        here = url.origin()
+        shown = mask_url(str(target))
+        if origin != here:
+            raise HTTPStatusError(
+                f"{where}: HTTP {resp.status} redirect from {here} to another origin, {shown}; "
+                "not followed, so the backend's credentials stay with it. Point the backend "
+                "URL at where the server really is", backend=self.label, status=resp.status)
+        if method != "GET" and resp.status not in (307, 308):
+            raise HTTPStatusError(
+                f"{where}: HTTP {resp.status} redirect to {shown} would turn the {method} into a "
+                "GET without its body; point the backend URL (or --subpath) at that path",
+                backend=self.label, status=resp.status)
+        return target.with_user(None).with_password(None)
+
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap_bytes: int, where: str,

@@ -15,6 +15,7 @@ The shapes servers send (all recorded from real servers or their source):
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from typing import Any
 
@@ -23,9 +24,24 @@ import orjson
 MAX_CHARS = 500
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int = MAX_CHARS) -> str:
+    """A server's words made safe to print: one line, no terminal control characters (an
+    escape sequence in an error body must not reach the user's terminal), at most ``limit``."""
+    text = " ".join(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def error_message(body: bytes, reason: str | None = None, *, status: int | None = None,
                   path: str | None = None) -> str:
     """One readable line from any WebUI error shape, naming the field and the server's words."""
+    return printable(_error_message(body, reason, status=status, path=path), 2 * MAX_CHARS)
+
+
+def _error_message(body: bytes, reason: str | None = None, *, status: int | None = None,
+                   path: str | None = None) -> str:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -79,11 +79,12 @@ def split_images(data: dict[str, Any], variant: Variant) -> tuple[tuple[Image, .
     all_seeds = _int_list(info.get("all_seeds"))
     if all_seeds is None:
         seed = info.get("seed")
-        if not isinstance(seed, int):
+        if not isinstance(seed, int) or isinstance(seed, bool):
             raise BadResponseError("'info' reports neither 'all_seeds' nor 'seed', so images "
                                    "cannot be labelled with their seeds")
         all_seeds = [seed + i for i in range(expected)]
-    if len(all_seeds) < expected:
+    if len(all_seeds) < expected or (len(all_seeds) > expected
+                                     and not variant.payload.get("script_name")):
         raise BadResponseError(f"'info.all_seeds' lists {len(all_seeds)} seeds for "
                                f"{expected} requested images")
     all_subseeds = _int_list(info.get("all_subseeds")) or []
@@ -96,6 +97,11 @@ def split_images(data: dict[str, Any], variant: Variant) -> tuple[tuple[Image, .
     if len(generations) < len(all_seeds):
         raise BadResponseError(f"got {len(generations)} of {len(all_seeds)} images (the job was "
                                "interrupted or the server dropped some)")
+    extras, allowed = len(images) - len(generations), max_extra_images(variant.payload)
+    if extras > allowed:
+        raise BadResponseError(f"the answer holds {len(images)} images for {len(generations)} "
+                               f"requested; at most {allowed} more (a grid, ControlNet maps, a "
+                               "script's images) can come with them, so it is not saved")
     all_prompts = info.get("all_prompts") if isinstance(info.get("all_prompts"), list) else []
     all_negatives = (info.get("all_negative_prompts")
                      if isinstance(info.get("all_negative_prompts"), list) else [])
@@ -121,6 +127,37 @@ def split_images(data: dict[str, Any], variant: Variant) -> tuple[tuple[Image, .
     return tuple(out), info
 
 
+MAX_SCRIPT_IMAGES = 1024  # a selectable script (X/Y/Z plot, SD upscale) returns its own images
+EXTRA_SLACK = 16  # extensions that add an image or two (detection maps, previews)
+
+
+def max_extra_images(payload: dict[str, Any]) -> int:
+    """How many images beyond the generations an answer to ``payload`` may hold: a grid, per
+    generation one per always-on script unit (ControlNet detect maps), a selectable script's
+    images, and some slack. More is not an answer to this request (``images`` with 10,000
+    entries for one image)."""
+    count = _count(payload.get("batch_size")) * _count(payload.get("n_iter"))
+    script = MAX_SCRIPT_IMAGES if payload.get("script_name") else 0
+    return (1 if count > 1 else 0) + count * script_units(payload) + script + EXTRA_SLACK
+
+
+def script_units(payload: dict[str, Any]) -> int:
+    """Always-on script units in ``payload`` (each may add an image per generation: a
+    ControlNet unit its detect map)."""
+    units = 0
+    scripts = payload.get("alwayson_scripts")
+    for value in scripts.values() if isinstance(scripts, dict) else ():
+        args = value.get("args") if isinstance(value, dict) else None
+        if isinstance(args, list):
+            units += max(1, sum(1 for a in args if isinstance(a, dict)))
+    return units
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**6 \
+        else 1
+
+
 def _infotext(infotexts: list[Any], first: int, i: int, generations: int) -> str | None:
     """Generation i's infotext. With a grid first, A1111 lists the grid's infotext first too."""
     offset = first if len(infotexts) >= generations + first else 0
@@ -129,7 +166,8 @@ def _infotext(infotexts: list[Any], first: int, i: int, generations: int) -> str
 
 
 def _int_list(value: Any) -> list[int] | None:
-    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in value):
         return value
     return None
 
@@ -143,4 +181,5 @@ def checkpoint_matches(asked: str, info: dict[str, Any]) -> bool:
 # importable from here for the callers that used them.
 title_parts = names.title_parts
 __all__ = ["check_substitution", "checkpoint_matches", "decode_image", "find_substitutions",
-           "parse_body", "parse_info", "split_images", "split_legacy_sampler", "title_parts"]
+           "max_extra_images", "parse_body", "script_units", "parse_info", "split_images", "split_legacy_sampler",
+           "title_parts"]

@@ -121,6 +121,94 @@ def check_substitution(params: dict[str, Any], info: dict[str, Any],
     return model
 
 
+def foreign_answer(params: dict[str, Any], info: dict[str, Any], echoed: Any = None) -> list[str]:
+    """Why an answer is not the one to the request ``params`` (as sent): [] when it is.
+
+    A cache, a proxy or a stub can answer 200 with images made for another request. With a
+    fixed seed, ``all_seeds`` must be the seeds asked for (seed, seed+1, ... for a batch; all
+    the seed when ``subseed_strength`` > 0), and ``all_prompts`` (``all_negative_prompts``)
+    the prompt sent, as a WebUI echoes it: whitespace aside, and with ``styles`` the style
+    text around it. ``parameters`` (``echoed``), where a server sends it, is the request
+    itself: its seed and prompt must be the ones sent. A request with ``infotext`` lets the
+    server take values from that text, so it is not compared."""
+    if params.get("infotext"):
+        return []
+    found: list[str] = []
+    seed = params.get("seed")
+    count = _count(params.get("batch_size")) * _count(params.get("n_iter"))
+    if _is_int(seed) and seed != -1:
+        strength = params.get("subseed_strength")
+        same = isinstance(strength, (int, float)) and not isinstance(strength, bool) \
+            and strength > 0
+        want = [seed] * count if same else [seed + i for i in range(count)]
+        got = info.get("all_seeds")
+        if isinstance(got, list) and got:
+            if got[:count] != want:
+                found.append(f"asked for seed{'s' if count > 1 else ''} {_few(want)} but "
+                             f"info.all_seeds is {_few(got)}")
+        elif "seed" in info and info.get("seed") != seed:
+            found.append(f"asked for seed {seed} but info.seed is {info.get('seed')!r}")
+    styled = bool(params.get("styles"))
+    for key, many in (("prompt", "all_prompts"), ("negative_prompt", "all_negative_prompts")):
+        sent = params.get(key, "")
+        if not isinstance(sent, str):
+            continue
+        texts = info.get(many)
+        texts = texts[:count] if isinstance(texts, list) and texts else (
+            [info[key]] if key in info else [])
+        wrong = next((t for t in texts if not _same_text(sent, t, styled)), None)
+        if texts and wrong is not None:
+            found.append(f"sent {key} {_short(sent)} but info.{many if many in info else key} "
+                         f"has {_short(wrong)}")
+    if isinstance(echoed, dict):
+        if "seed" in echoed and _is_int(seed) and echoed["seed"] != seed \
+                and not found:
+            found.append(f"sent seed {seed} but parameters.seed is {echoed['seed']!r}")
+        sent = params.get("prompt", "")
+        if isinstance(sent, str) and isinstance(echoed.get("prompt"), str) and not found \
+                and not _same_text(sent, echoed["prompt"], styled):
+            found.append(f"sent prompt {_short(sent)} but parameters.prompt is "
+                         f"{_short(echoed['prompt'])}")
+    return found
+
+
+def check_belongs(params: dict[str, Any], info: dict[str, Any], echoed: Any = None, *,
+                  backend: str = "") -> None:
+    """Raise ``SubstitutionError`` when the answer was made for another request."""
+    found = foreign_answer(params, info, echoed)
+    if found:
+        where = f"{backend}: " if backend else ""
+        raise SubstitutionError(
+            where + "the answer is not the one to this request: " + "; ".join(found)
+            + " (a cached, proxied or canned answer, or another client's); not saved",
+            backend=backend)
+
+
+def _same_text(sent: str, echoed: Any, styled: bool) -> bool:
+    if not isinstance(echoed, str):
+        return False
+    a, b = " ".join(sent.split()), " ".join(echoed.split())
+    return a == b or (styled and a in b)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> int:
+    return value if _is_int(value) and 0 < value < 10**6 else 1
+
+
+def _few(values: Sequence[Any]) -> str:
+    shown = ", ".join(repr(v) if not _is_int(v) else str(v) for v in values[:4])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > 4 else "")
+
+
+def _short(text: Any) -> str:
+    text = str(text)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
 def _compare(params: dict[str, Any], rep: Reported, setup: ClientSetup | None) -> list[Mismatch]:
     overrides = params.get("override_settings")
     overrides = overrides if isinstance(overrides, dict) else {}
