@@ -28,7 +28,8 @@ def lower_bound_s(count: int, loads_needed: int) -> float:
 def _farms() -> Farms:
     models = jobs.checkpoint_models(MODELS)
     return Farms([Farm(n, {"latency_s": image_s * TIME_SCALE,
-                           "switch_cost_s": load_s * TIME_SCALE, "models": models})
+                           "switch_cost_s": load_s * TIME_SCALE, "models": models},
+                       pool=True)
                   for _, n, image_s, load_s in CLASSES])
 
 

@@ -60,11 +60,11 @@ def memory(ctx: Ctx) -> CaseResult:
         "0.5 s. The large run takes about half an hour on 2 shared cores (`--memory-variants "
         "N` sizes it).")
     runs: dict[int, Measured] = {}
-    with Farm(backends, {"latency_s": 0.0}) as farm:
+    with Farm(backends, {"latency_s": 0.0}, pool=True) as farm:
         for count in (small, large):
             ctx.say(f"memory: {count:,}-variant run")
             run = ctx.run(farm, "sdbatch", jobs.grid(count), concurrency=concurrency,
-                          sample_rss_s=0.5)
+                          sample_rss_s=0.5, timeout_s=max(900.0, count / 50))
             if run.report.get("status") != "complete" or run.images != count:
                 raise RuntimeError(f"{count}-variant run: {run.report.get('status')}, "
                                    f"{run.images} images")
@@ -132,7 +132,7 @@ def checkpoints(ctx: Ctx) -> CaseResult:
     runs: dict[tuple[str, int], list[Measured]] = {arm: [] for arm in arms}
     for _, (mode, c) in ctx.alternate(arms):
         ctx.say(f"checkpoints: {mode}, concurrency {c}")
-        with Farm(backends, config) as farm:
+        with Farm(backends, config, pool=True) as farm:
             run = ctx.run(farm, mode, job, concurrency=c, extra={"timestamps": True})
         if run.images != count:
             raise RuntimeError(f"{mode}: {run.images} of {count} images")
@@ -196,7 +196,7 @@ def soak(ctx: Ctx) -> CaseResult:
     shutil.rmtree(out, ignore_errors=True)
     attempts: list[Measured] = []
     ctx.say("soak")
-    with Farm(backends, {"latency_s": 0.0, "hang_s": HANG_S, **FAULT_MIX}) as farm:
+    with Farm(backends, {"latency_s": 0.0, "hang_s": HANG_S, **FAULT_MIX}, pool=True) as farm:
         for _ in range(3):  # the run, then at most two resumes
             run = ctx.run(farm, "sdbatch", job, keep_output=True, sample_rss_s=0.25,
                           extra={"out": str(out)})

@@ -202,7 +202,7 @@ def ceiling(ctx: Ctx) -> CaseResult:
         "ceiling (1 / client CPU per image) is given too.")
     runs = []
     ctx.say("ceiling")
-    with Farm(backends, {"latency_s": 0.0}) as farm:
+    with Farm(backends, {"latency_s": 0.0}, pool=True) as farm:
         for _ in range(ctx.reps):
             run = ctx.run(farm, "sdbatch", job, concurrency=concurrency,
                           extra={"timestamps": True})
@@ -261,15 +261,22 @@ def faults(ctx: Ctx) -> CaseResult:
         f"alternating on the same servers, with this checkout's default retry policy "
         f"({_default_retry()}) and with a fast one ({FAST_RETRY}). Throughput = images saved "
         f"/ wall time of the whole call. Lost = variants not saved at the end of the run. "
-        f"Median of {ctx.reps}.")
+        f"Full mode adds the same faults without the hangs (what they cost), and faults and "
+        f"clean with concurrency 2 (a hang then holds one of two requests). Concurrency 1 "
+        f"otherwise. Median of {ctx.reps}.")
     fast_job = {**job, "retry": FAST_RETRY}
-    arms = ("clean", "faults", "faults, fast retry")
+    arms: tuple[str, ...] = ("clean", "faults", "faults, fast retry")
+    if not ctx.quick:  # what the hangs cost, and what a second request in flight does to them
+        arms += ("faults but no hangs", "faults, concurrency 2", "clean, concurrency 2")
+    no_hangs = {**FAULT_MIX, "hang_rate": 0.0}
     runs: dict[str, list[Measured]] = {arm: [] for arm in arms}
     ctx.say("faults")
-    with Farm(backends, {"latency_s": latency_s, "hang_s": HANG_S}) as farm:
+    with Farm(backends, {"latency_s": latency_s, "hang_s": HANG_S}, pool=True) as farm:
         for _, arm in ctx.alternate(arms):
-            farm.reset_config(NO_FAULTS if arm == "clean" else FAULT_MIX)
-            runs[arm].append(ctx.run(farm, "sdbatch", fast_job if "fast" in arm else job))
+            farm.reset_config(NO_FAULTS if arm.startswith("clean") else
+                              no_hangs if "no hangs" in arm else FAULT_MIX)
+            runs[arm].append(ctx.run(farm, "sdbatch", fast_job if "fast" in arm else job,
+                                     concurrency=2 if "concurrency 2" in arm else 1))
     rate = {k: [r.images / r.report["wall_s"] for r in v] for k, v in runs.items()}
     clean = median(rate["clean"])
     ratio = median(rate["faults"]) / clean
@@ -284,6 +291,13 @@ def faults(ctx: Ctx) -> CaseResult:
             met=lost == 0),
         Row("10% faults, fast retry policy: / clean", median(rate["faults, fast retry"]) / clean),
     ]
+    if "faults but no hangs" in rate:
+        case.rows += [
+            Row("9% faults (no hangs), default policy: / clean",
+                median(rate["faults but no hangs"]) / clean),
+            Row("10% faults, concurrency 2: / clean at concurrency 2",
+                median(rate["faults, concurrency 2"]) / median(rate["clean, concurrency 2"])),
+        ]
     case.details = {
         "images_per_s": {k: spread(v) for k, v in rate.items()},
         "faults_injected": [r.server_stats["faults"] for r in runs["faults"]],

@@ -69,9 +69,10 @@ class Farm:
 
     def __init__(self, count: int, config: dict[str, Any] | None = None, *,
                  processes: int | None = None, fault_seed_base: int = 0,
-                 photo_sizes: Sequence[tuple[int, int]] = ()) -> None:
+                 photo_sizes: Sequence[tuple[int, int]] = (), pool: bool = False) -> None:
         self.count = count
         self.photo_sizes = list(photo_sizes)
+        self.pool = pool  # pictures drawn and encoded once per size (simfarm --pool)
         self.config = config or {}
         self.processes = processes or (1 if count <= 16 else 2)
         self.fault_seed_base = fault_seed_base
@@ -88,6 +89,8 @@ class Farm:
                     continue
                 argv = [PYTHON, "-m", "benchmarks.simfarm", "--count", str(n),
                         "--config", json.dumps(self.config), "--fault-seed-base", str(seed)]
+                if self.pool:
+                    argv.append("--pool")
                 if self.photo_sizes:
                     argv += ["--photo", ",".join(f"{w}x{h}" for w, h in self.photo_sizes)]
                 proc = subprocess.Popen(
@@ -272,8 +275,8 @@ def client_env(pipeline_root: str | None = None) -> dict[str, str]:
 
 def run_client(mode: str, job: dict[str, Any], urls: Sequence[str], workdir: Path, *,
                concurrency: int = 1, sample_rss_s: float | None = None,
-               extra: dict[str, Any] | None = None, pipeline_root: str | None = None
-               ) -> ChildResult:
+               extra: dict[str, Any] | None = None, pipeline_root: str | None = None,
+               timeout_s: float = CLIENT_TIMEOUT_S) -> ChildResult:
     """One measured client run in its own process, writing into a fresh directory."""
     workdir.mkdir(parents=True, exist_ok=True)
     n = len(list(workdir.glob("spec-*.json")))
@@ -283,7 +286,7 @@ def run_client(mode: str, job: dict[str, Any], urls: Sequence[str], workdir: Pat
                                      "out": str(out), **(extra or {})}))
     env = client_env(pipeline_root)
     result = run_child(["-m", "benchmarks.clients", mode, "--spec", str(spec_file)],
-                       sample_rss_s=sample_rss_s, env=env, cwd=workdir)
+                       sample_rss_s=sample_rss_s, env=env, cwd=workdir, timeout_s=timeout_s)
     if result.returncode != 0 or not result.report:
         raise RuntimeError(f"{mode} client failed (exit {result.returncode}):\n{result.stderr}")
     result.report["out"] = str(out)
@@ -326,11 +329,12 @@ def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 
 def measured_run(farm: Farm | Farms, mode: str, job: dict[str, Any], workdir: Path, *,
                  concurrency: int = 1, sample_rss_s: float | None = None,
-                 pipeline_root: str | None = None, extra: dict[str, Any] | None = None
-                 ) -> Measured:
+                 pipeline_root: str | None = None, extra: dict[str, Any] | None = None,
+                 timeout_s: float = CLIENT_TIMEOUT_S) -> Measured:
     stats0, cpu0 = farm.stats(), farm.cpu_s()
     child = run_client(mode, job, farm.urls, workdir, concurrency=concurrency,
-                       sample_rss_s=sample_rss_s, pipeline_root=pipeline_root, extra=extra)
+                       sample_rss_s=sample_rss_s, pipeline_root=pipeline_root, extra=extra,
+                       timeout_s=timeout_s)
     cpu1, stats1 = farm.cpu_s(), farm.stats()
     return Measured(child.report, child.cpu_total_s, child.maxrss_kb, cpu1 - cpu0,
                     _diff(stats1, stats0), child.wall_s, child.rss_series)

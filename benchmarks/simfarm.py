@@ -8,6 +8,10 @@ do not fail in lockstep. The benchmark reads each server's counters over HTTP
 (``GET /sim/stats``) and this process's CPU time from ``/proc/<pid>/stat``, so server CPU is
 never mixed with the client's.
 
+``--pool`` (benchmark-only): each size's pictures are drawn and encoded once (a pool of six, by
+seed), so a zero-latency or fast server's CPU per request is small and the servers on these 2
+cores take as little as possible from the client (or from the "GPU time" a latency stands for).
+
 ``--photo`` (benchmark-only): generations are sent as photo-like RGB PNGs of the size real
 512x512 WebUI outputs have (~0.5 MB, zlib level 6 as PIL saves them for the WebUI API) instead
 of the simulator's 8 kB palette pictures, so a client that decodes and re-encodes images pays
@@ -74,6 +78,37 @@ def install_photo_payloads(sizes: list[tuple[int, int]]) -> None:
     render.encode_b64 = encode_b64
 
 
+def install_pooled_pictures(pool: int = PHOTO_POOL) -> None:
+    """Draw and encode each size's generation pictures once (``pool`` of them, by seed), so the
+    servers' CPU per request is the request's, not the drawing's (benchmark-only; see the
+    module docstring). Infotexts, seeds and every other field are still the request's own; the
+    PNG's embedded text is that of the first request that drew the picture."""
+    from pipeline.sim import render
+
+    draw, encode = render.render_generation, render.encode_b64
+    pictures: dict[tuple[int, int, int], Any] = {}
+    encoded: dict[int, tuple[Any, str, str]] = {}  # id(picture) -> (picture, format, base64)
+
+    def render_generation(width: int, height: int, seed: int, prompt: str,
+                          **kwargs: Any) -> Any:
+        key = (width, height, seed % pool)
+        if key not in pictures:
+            pictures[key] = draw(width, height, seed % pool, "a pooled benchmark picture")
+        return pictures[key]
+
+    def encode_b64(image: Any, samples_format: str, infotext: str | None) -> str:
+        known = encoded.get(id(image))
+        if known is not None and known[0] is image and known[1] == samples_format:
+            return known[2]
+        b64 = encode(image, samples_format, infotext)
+        if any(image is p for p in pictures.values()):
+            encoded[id(image)] = (image, samples_format, b64)
+        return b64
+
+    render.render_generation = render_generation
+    render.encode_b64 = encode_b64
+
+
 async def serve(count: int, config: dict[str, Any], fault_seed_base: int) -> None:
     servers = []
     try:
@@ -112,8 +147,12 @@ def main() -> None:
     parser.add_argument("--fault-seed-base", type=int, default=0)
     parser.add_argument("--photo", metavar="WxH,...", default="",
                         help="serve photo-like PNGs; pre-encode pools for these sizes")
+    parser.add_argument("--pool", action="store_true",
+                        help="draw and encode a small pool of pictures per size, once")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.pool:
+        install_pooled_pictures()
     if args.photo:
         install_photo_payloads([tuple(int(v) for v in s.split("x"))  # type: ignore[misc]
                                 for s in args.photo.split(",")])
