@@ -771,6 +771,24 @@ def test_a_signal_during_the_preflight_exits_130_with_nothing_written(
     assert not out.exists(), "nothing is written before the run starts"
 
 
+def test_sigterm_during_check_exits_130(servers, tmp_path: Path) -> None:
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(60)
+        return web.json_response({})
+
+    server = servers({OPTIONS: hang})
+    job = _job(tmp_path, [server.url], prompts='["a"]', seeds="[1]", timeout_s=60)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "check", str(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_until(lambda: bool(server.seen), proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and time.monotonic() - sent < 5, err
+    assert "interrupted" in err and "Traceback" not in err
+
+
 @pytest.mark.slow  # the run's first probe ends at its timeout (5 s), then the run stops
 def test_sigterm_during_the_first_probe_of_the_run_exits_cleanly(servers,
                                                                  tmp_path: Path) -> None:
@@ -832,10 +850,24 @@ async def _byte_by_byte(request: web.Request) -> web.StreamResponse:
     try:
         for i in range(len(body)):
             await resp.write(body[i:i + 1])
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.004)
     except (ConnectionError, RuntimeError):
         pass
     return resp
+
+
+def _gzip_bomb() -> bytes:
+    """200 MiB of JSON text in a 200 kB gzip body (aiohttp inflates it as it reads)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"A" * (1 << 20)
+    return b"".join([packer.compress(b'{"images": ["'),
+                     *(packer.compress(block) for _ in range(200)), packer.flush()])
+
+
+async def _gzipped_flood(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return web.Response(body=_gzip_bomb(), headers={"Content-Encoding": "gzip",
+                                                    "Content-Type": "application/json"})
 
 
 HOSTILE_ANSWERS = {
@@ -859,6 +891,9 @@ HOSTILE_ANSWERS = {
         status=500, text="\x1b]0;owned\x07\x1b[2J boom")),
     "index_of_first_image past the end": _generation(lambda a, p: {**a, "info": json.dumps(
         {**json.loads(a["info"]), "index_of_first_image": 10**9})}),
+    "a 100000x100000 PNG for 64x64": _generation(lambda a, p: {**a, "images": [
+        base64.b64encode(_png_header(100_000, 100_000)).decode()]}),
+    "a gzip bomb": _gzipped_flood,
 }
 
 
@@ -878,6 +913,28 @@ def test_hostile_answers_are_failed_attempts_and_cost_no_image(servers, tmp_path
     code, text = _run(job, out, capsys, "--quiet")
     records = read_manifest(out)
     assert code == 0 and len(records) == 4 and {r["backend"] for r in records} == {honest.url}
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999", "-5", "soon",
+                                   "Fri, 31 Dec 99999 23:59:59 GMT"])
+def test_a_retry_after_that_is_not_a_sane_wait_never_hangs_the_run(servers, tmp_path: Path,
+                                                                   capsys, value: str) -> None:
+    calls = {"n": 0}
+
+    async def limited_once(request: web.Request) -> web.StreamResponse:
+        payload = await request.json()
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return web.json_response({"detail": "slow down"}, status=429,
+                                     headers={"Retry-After": value})
+        return _json_body(generation_answer(payload))
+
+    server = servers({TXT2IMG: limited_once})
+    job = _job(tmp_path, [server.url], prompts='["a"]', seeds="[1]")
+    started = time.monotonic()
+    code, text = _run(job, tmp_path / "out", capsys, "--quiet")
+    assert code == 0 and time.monotonic() - started < 15, text
+    assert len(read_manifest(tmp_path / "out")) == 1
 
 
 HOSTILE_HTTP = {

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.cli.common import resolve_backends
+    from pipeline.cli.common import resolve_backends, run_stoppable
     from pipeline.errors import UsageError
     from pipeline.job.load import load_job
 
@@ -55,7 +55,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         async with aiohttp.ClientSession() as session:
             return await inspect_all(session, backends, job=spec)
 
-    verdict = judge(job_requirements(plan), asyncio.run(ask()), spec)
+    verdict = judge(job_requirements(plan), run_stoppable(ask()), spec)  # SIGTERM: exit 130
     reachable = [i for i in verdict.infos if i.reachable and not i.auth_rejected]
     problems = list(verdict.problems)
     if not reachable:

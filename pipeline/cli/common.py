@@ -272,3 +272,26 @@ class StopSignals:
     def early_message(self) -> str:
         return (f"{self.early} received while the backends were being asked what they have "
                 "(preflight): stopped before anything was written; run the same command again")
+
+
+def run_stoppable(coro: Any) -> Any:
+    """``asyncio.run(coro)`` for a command that writes nothing (``check``): SIGINT or SIGTERM
+    stops it at once, as ``KeyboardInterrupt`` (exit 130, "interrupted"), never a kill."""
+    import asyncio
+
+    stopped = object()
+
+    async def main() -> Any:
+        with StopSignals() as signals:
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                if signals.early is None:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return stopped
+
+    result = asyncio.run(main())
+    if result is stopped:
+        raise KeyboardInterrupt
+    return result

@@ -36,8 +36,9 @@ from yarl import URL
 
 from pipeline.backends.base import Probe, Reply
 from pipeline.backends.webui.http_errors import error_message, printable, retry_after_s
-from pipeline.backends.webui.response import (EXTRA_SLACK, MAX_SCRIPT_IMAGES, parse_body,
-                                              script_units, split_images)
+from pipeline.backends.webui.response import (EXTRA_SLACK, MAX_SCRIPT_IMAGES, _number,
+                                              output_size, parse_body, script_units,
+                                              split_images)
 from pipeline.backends.webui.setup import ClientSetup, build_payload
 from pipeline.backends.webui.substitution import check_belongs, check_substitution
 from pipeline.errors import (BadResponseError, HTTPStatusError, RequestTimeout,
@@ -91,31 +92,6 @@ def response_cap_bytes(payload: dict[str, Any]) -> int:
 
 
 TEXT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
-
-
-def output_size(payload: dict[str, Any]) -> tuple[float, float]:
-    """The largest width and height an answer's images may have (hires fix included)."""
-    width, height = _number(payload.get("width"), 512), _number(payload.get("height"), 512)
-    if not payload.get("enable_hr"):
-        return width, height
-    resize_x = _number(payload.get("hr_resize_x"), 0)
-    resize_y = _number(payload.get("hr_resize_y"), 0)
-    if resize_x and resize_y:
-        hires = resize_x, resize_y
-    elif resize_x:
-        hires = resize_x, resize_x * height / width
-    elif resize_y:
-        hires = resize_y * width / height, resize_y
-    else:
-        scale = _number(payload.get("hr_scale"), 2.0)
-        hires = width * scale, height * scale
-    return max(width, hires[0]), max(height, hires[1])
-
-
-def _number(value: Any, default: float) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6:
-        return float(value)
-    return float(default)
 
 
 class WebUIClient:

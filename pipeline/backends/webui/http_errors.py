@@ -15,6 +15,7 @@ The shapes servers send (all recorded from real servers or their source):
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from typing import Any
@@ -88,19 +89,29 @@ def _text(value: Any) -> str | None:
     return None
 
 
+MAX_RETRY_AFTER_S = 300.0  # a server asking for longer (or for ``inf``) is asking too much
+
+
 def retry_after_s(header: str | None, *, now_s: float | None = None) -> float | None:
-    """``Retry-After``: delta seconds or an HTTP date; None when absent or unreadable."""
+    """``Retry-After``: delta seconds or an HTTP date, at most ``MAX_RETRY_AFTER_S``; None when
+    absent or unreadable (``nan``, ``inf`` and other non-numbers included)."""
     if not header:
         return None
     header = header.strip()
     try:
-        return max(0.0, float(header))
+        value = float(header)
     except ValueError:
         pass
+    else:
+        return min(max(0.0, value), MAX_RETRY_AFTER_S) if math.isfinite(value) else None
     try:
         when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
+    try:
+        wait_s = when.timestamp() - (time.time() if now_s is None else now_s)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return min(max(0.0, wait_s), MAX_RETRY_AFTER_S)

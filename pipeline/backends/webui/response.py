@@ -113,6 +113,10 @@ def split_images(data: dict[str, Any], variant: Variant) -> tuple[tuple[Image, .
         if fmt is None:
             raise BadResponseError(f"image {first + i} is not a PNG, JPEG, WebP, GIF or AVIF "
                                    f"(starts {raw[:8]!r})")
+        wrong_size = size_problem(raw, fmt, variant.payload)
+        if wrong_size:
+            raise BadResponseError(f"image {first + i} {wrong_size}: not an answer to this "
+                                   "request, so it is not saved")
         out.append(Image(
             index=i, data=raw, format=fmt, kind="generation", seed=all_seeds[i],
             subseed=all_subseeds[i] if i < len(all_subseeds) else None,
@@ -153,6 +157,72 @@ def script_units(payload: dict[str, Any]) -> int:
     return units
 
 
+def output_size(payload: dict[str, Any]) -> tuple[float, float]:
+    """The largest width and height an answer's images may have (hires fix included)."""
+    width, height = _number(payload.get("width"), 512), _number(payload.get("height"), 512)
+    if not payload.get("enable_hr"):
+        return width, height
+    resize_x = _number(payload.get("hr_resize_x"), 0)
+    resize_y = _number(payload.get("hr_resize_y"), 0)
+    if resize_x and resize_y:
+        hires = resize_x, resize_y
+    elif resize_x:
+        hires = resize_x, resize_x * height / width
+    elif resize_y:
+        hires = resize_y * width / height, resize_y
+    else:
+        scale = _number(payload.get("hr_scale"), 2.0)
+        hires = width * scale, height * scale
+    return max(width, hires[0]), max(height, hires[1])
+
+
+def _number(value: Any, default: float) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6:
+        return float(value)
+    return float(default)
+
+
+SIZE_SLACK_PX = 64  # servers round sizes to multiples of 8 (some of 64)
+
+
+def size_problem(data: bytes, fmt: str, payload: dict[str, Any]) -> str | None:
+    """Why a generation's declared size cannot be the answer to ``payload`` (a 100000x100000
+    "PNG" for a 64x64 request: larger than the request's output, hires fix included), or None.
+    Reads the header only; a header it cannot read is left to the structure check. A
+    selectable script may resize: unchecked."""
+    if payload.get("script_name"):
+        return None
+    size = _declared_size(data, fmt)
+    if isinstance(size, str):
+        return size
+    if size is None:
+        return None
+    width, height = size
+    high_w, high_h = output_size(payload)
+    if width > high_w + SIZE_SLACK_PX or height > high_h + SIZE_SLACK_PX:
+        return f"is {width}x{height} where at most {high_w:.0f}x{high_h:.0f} was asked"
+    return None
+
+
+def _declared_size(data: bytes, fmt: str) -> tuple[int, int] | str | None:
+    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    import io
+    import warnings
+
+    from PIL import Image as PILImage
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as image:
+                return image.size
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        return f"declares more than {PILImage.MAX_IMAGE_PIXELS:,} pixels"
+    except Exception:  # noqa: BLE001 - a header Pillow cannot read: the structure check decides
+        return None
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**6 \
         else 1
@@ -181,5 +251,5 @@ def checkpoint_matches(asked: str, info: dict[str, Any]) -> bool:
 # importable from here for the callers that used them.
 title_parts = names.title_parts
 __all__ = ["check_substitution", "checkpoint_matches", "decode_image", "find_substitutions",
-           "max_extra_images", "parse_body", "script_units", "parse_info", "split_images", "split_legacy_sampler",
-           "title_parts"]
+           "max_extra_images", "output_size", "parse_body", "parse_info", "script_units",
+           "size_problem", "split_images", "split_legacy_sampler", "title_parts"]
