@@ -21,7 +21,10 @@ point per boundary (``raise X(...) from exc``); the CLI maps the tree to exit co
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class ExitStatus(IntEnum):
@@ -94,14 +97,17 @@ class OutputInUse(SdbatchError):
 
 
 class BackendError(SdbatchError):
-    """One request to one backend failed. ``retryable`` says whether another attempt may succeed."""
+    """One request to one backend failed. ``retryable`` says whether another attempt may succeed.
+
+    Its message often quotes a server; terminal control characters in it are escaped (``\\x1b``),
+    so no server can write escape sequences to the user's terminal or logs."""
 
     retryable = True
 
     def __init__(self, message: str, *, backend: str = "", status: int | None = None) -> None:
         self.backend = backend
         self.status = status
-        super().__init__(message)
+        super().__init__(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message))
 
 
 class TransportError(BackendError):

@@ -967,6 +967,26 @@ def test_broken_http_is_a_message_and_the_healthy_backend_does_the_work(
     assert code == 2 and broken.url in text
 
 
+def test_no_server_text_writes_escape_sequences_to_the_terminal(servers, tmp_path: Path,
+                                                                capsys) -> None:
+    def lora_lies(payload: dict[str, Any]) -> dict[str, Any]:
+        answer = generation_answer(payload)
+        info = json.loads(answer["info"])
+        info["infotexts"] = [f'{payload["prompt"]}\nSteps: 20, Seed: {s}, '
+                             'Lora hashes: "evil\x1b[2J\x1b]0;t\x07: abc"'
+                             for s in info["all_seeds"]]
+        answer["info"] = json.dumps(info)
+        return answer
+
+    server = servers({**_listing("options", {"sd_model_checkpoint": "m\x1b[2J\x1b]0;t\x07"}),
+                      **_listing("loras", [{"name": "real", "alias": "real"}]),
+                      TXT2IMG: _answering(lora_lies)})
+    job = _job(tmp_path, [server.url], prompts='["a <lora:real:1>"]', seeds="[1]")
+    out = tmp_path / "out"
+    code, text = _run(job, out, capsys)
+    assert code == 1 and "LoRA" in text and "\x1b" not in text
+
+
 def test_an_error_answer_with_an_escape_sequence_is_shown_escaped(servers, tmp_path: Path,
                                                                  capsys) -> None:
     async def rude(request: web.Request) -> web.StreamResponse:

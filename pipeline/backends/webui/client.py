@@ -141,7 +141,8 @@ class WebUIClient:
             raise BadResponseError(f"{self.label}: /sdapi/v1/options is not an object",
                                    backend=self.label)
         loaded = options.get("sd_model_checkpoint")
-        return Probe(loaded_model=str(loaded) if loaded else None,
+        loaded = printable(loaded, 1000) if isinstance(loaded, str) and loaded.strip() else None
+        return Probe(loaded_model=loaded,
                      details={"options": options,
                               "checkpoint_hash": options.get("sd_checkpoint_hash") or None})
 
