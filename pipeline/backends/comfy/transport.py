@@ -18,6 +18,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from pipeline.job.masking import mask_url
+
 from pipeline.errors import BadResponseError, HTTPStatusError, RequestTimeout, TransportError
 from pipeline.job.schema import BackendSpec
 
@@ -82,7 +84,13 @@ class ComfyHTTP:
         try:
             async with self._session.request(method, url, data=data, params=params,
                                              headers=headers, timeout=timeout,
-                                             ssl=self._ssl) as resp:
+                                             ssl=self._ssl, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:  # never follow: credentials must not travel on
+                    raise HTTPStatusError(
+                        f"{where}: HTTP {resp.status}: the server redirects (to "
+                        f"{mask_url(resp.headers.get('Location', '?'))}); sdbatch does not "
+                        "follow redirects to ComfyUI: give the backend's final URL",
+                        backend=self.label, status=resp.status)
                 length = resp.content_length
                 if length is not None and length > cap_bytes:
                     raise BadResponseError(f"{where}: response of {length} bytes is over the "
