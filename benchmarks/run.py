@@ -1,7 +1,8 @@
 """The benchmark suite's entry point: ``python -m benchmarks`` (or ``python benchmarks/run.py``).
 
-    .venv/bin/python -m benchmarks            # the full suite (about 12 minutes on 2 cores)
-    .venv/bin/python -m benchmarks --quick    # a sanity check, under a minute
+    .venv/bin/python -m benchmarks            # the full suite (about 70 minutes on 2 cores, half
+                                              # of it the memory case's million variants)
+    .venv/bin/python -m benchmarks --quick    # a sanity check, about 3 minutes
     .venv/bin/python -m benchmarks --only scheduling,client_cost --reps 5
 
 Starts simulated WebUI backends on 127.0.0.1 in child processes, runs each case with the client
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes, one repetition: a sanity check under a minute")
+                        help="small sizes, one repetition: a sanity check of about 3 minutes")
     parser.add_argument("--only", metavar="CASE,...",
                         help="run only these cases: " + ", ".join(CASES))
     parser.add_argument("--reps", type=int, metavar="N",

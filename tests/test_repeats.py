@@ -38,18 +38,20 @@ JOBS = {
     "template repeats a text": "prompts: ['a {cat|cat|dog}']\nseeds: [1, 2]",
     "nested repeats": "prompts: ['{a|}{|a} x']\nseeds: {count: 3}",
     "two prompts alike": "prompts: [a cat, a cat, a dog]\nmatrix: {cfg_scale: [5, 7]}",
-    "alike but for steps": ("prompts: [{prompt: a, steps: 3}, {prompt: a, steps: 3}, {prompt: a, steps: 4}]\n"
-                            "matrix: {cfg_scale: [5, 7]}\nseeds: {count: 2}"),
+    "alike but for steps": ("prompts: [{prompt: a, steps: 3}, {prompt: a, steps: 3}, "
+                            "{prompt: a, steps: 4}]\nmatrix: {cfg_scale: [5, 7]}\n"
+                            "seeds: {count: 2}"),
     "alike but for a fixed seed": "prompts: [{prompt: a, seed: 5}, a]\nseeds: [5, 6]",
     "replace leaves a text as it is": "prompts: ['a {cat|dog}']\nreplace: [[cat, dog]]\nseeds: [1]",
-    "lora tag already in a text": ("prompts: ['x', 'x <lora:y:1>']\nloras: {names: [y], weights: [0, 1]}\n"
-                                   "seeds: [1]"),
+    "lora tag already in a text": ("prompts: ['x', 'x <lora:y:1>']\n"
+                                   "loras: {names: [y], weights: [0, 1]}\nseeds: [1]"),
     "server seeds": "prompts: ['{a|a}']\nseeds: 3",
     "random mode": "prompts: ['{a|b}']\nmode: random\nrandom: {count: 6}\nseeds: [1, 2]",
     "checkpoint axis": "prompts: ['{a|a|b}']\nmatrix: {checkpoint: [m1, m2]}\nseeds: {count: 2}",
     "prompt checkpoints": ("prompts: [{prompt: a, checkpoint: m1}, {prompt: a, checkpoint: m2}, "
                            "{prompt: a, checkpoint: m1}]\nseeds: [1]"),
-    "plain sweep": "prompts: ['{a|b|c}']\nmatrix: {cfg_scale: [5, 7], steps: [10, 20]}\nseeds: {count: 5}",
+    "plain sweep": ("prompts: ['{a|b|c}']\nmatrix: {cfg_scale: [5, 7], steps: [10, 20]}\n"
+                    "seeds: {count: 5}"),
 }
 
 
